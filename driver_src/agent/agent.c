@@ -1,0 +1,90 @@
+/* The agent loop: read a line, answer it with exactly one frame, never stop serving. */
+#include "agent.h"
+#include "bugcodes.h"
+#include "kstring.h"
+#include "protocol.h"
+#include "uart.h"
+#include "x86.h"
+
+#define COMMAND_ECHO_MAX 64 /* how much of an unknown command name an error repeats */
+
+void agent_init(void)
+{
+	uart_init(COM2_PORT);
+}
+
+static bool values_match(const struct command *c, const struct request *r)
+{
+	size_t wanted = strlen(c->signature);
+	if (r->count != wanted)
+		return false;
+	for (size_t i = 0; i < wanted; i++) {
+		enum value_type type = c->signature[i] == 'b' ? VALUE_BYTES : VALUE_INTEGER;
+		if (r->values[i].type != type)
+			return false;
+	}
+	return true;
+}
+
+static void serve(const char *line, size_t length)
+{
+	struct request r;
+	const char *why;
+	if (!request_parse(line, length, &r, &why)) {
+		frame_error(r.id, ERROR_MALFORMED, "%s", why);
+		return;
+	}
+	const struct command *c = command_find(r.command, r.command_length);
+	if (!c) {
+		char name[COMMAND_ECHO_MAX + 1] = {0};
+		memcpy(name, r.command, r.command_length < COMMAND_ECHO_MAX ? r.command_length : COMMAND_ECHO_MAX);
+		frame_error(r.id, ERROR_UNKNOWN_COMMAND, "unknown command %s", name);
+		return;
+	}
+	if (!values_match(c, &r)) {
+		frame_error(r.id, ERROR_BAD_ARGUMENT, "%s takes %s", c->name, c->usage);
+		return;
+	}
+	c->run(&r);
+}
+
+void agent_run(void)
+{
+	frame_open_event("hello");
+	hello_keys();
+	frame_close();
+	for (;;) {
+		const char *line;
+		size_t length;
+		if (line_read(&line, &length) == LINE_OVERSIZED)
+			frame_error(ID_UNREADABLE, ERROR_OVERSIZED, "a request is at most %u bytes, newline included",
+				    REQUEST_MAX);
+		else
+			serve(line, length);
+	}
+}
+
+void agent_abandon_frame(void)
+{
+	frame_abandon();
+}
+
+void agent_send_bugcheck(const struct bugcheck *b)
+{
+	frame_abandon();
+	frame_open_event("bugcheck");
+	frame_hex("code", b->code);
+	frame_hex("p1", b->parameters[0]);
+	frame_hex("p2", b->parameters[1]);
+	frame_hex("p3", b->parameters[2]);
+	frame_hex("p4", b->parameters[3]);
+	frame_string("name", bugcheck_name(b->code));
+	frame_hex("rip", b->rip);
+	frame_hex("cr3", b->cr3);
+	if (b->from_exception) {
+		frame_decimal("vector", b->vector);
+		frame_hex("error", b->error);
+		frame_hex("cr2", b->cr2);
+	}
+	frame_close();
+}

@@ -1,0 +1,186 @@
+/* The commands of docs/agent-protocol.md. Values arrive checked for count and type. */
+#include "address_space.h"
+#include "bootinfo.h"
+#include "build_info.h"
+#include "cpu.h"
+#include "frames.h"
+#include "kstring.h"
+#include "layout.h"
+#include "ntddk.h"
+#include "pagetable.h"
+#include "pool.h"
+#include "protocol.h"
+#include "raw_access.h"
+#include "x86.h"
+
+#define RAW_ACCESS_MAX 4096
+#define ULONG_MAX_VALUE 0xFFFFFFFFull
+
+static uint8_t raw_buffer[RAW_ACCESS_MAX];
+
+void hello_keys(void)
+{
+	frame_decimal("proto", PROTOCOL_VERSION);
+	frame_string("build", mmhil_build_id);
+	frame_decimal("paging", paging_levels);
+	frame_string("cmdline", boot_info.cmdline);
+	frame_string_open("mem");
+	for (unsigned i = 0; i < boot_info.memmap_count; i++) {
+		const struct memmap_entry *e = &boot_info.memmap[i];
+		frame_string_printf("%s%lx:%lx:%x", i ? "," : "", e->base, e->size, e->type);
+	}
+	frame_string_close();
+}
+
+static void hello(const struct request *r)
+{
+	frame_open_response(r->id);
+	hello_keys();
+	frame_close();
+}
+
+static void kernel_info(const struct request *r)
+{
+	frame_open_response(r->id);
+	frame_decimal("levels", paging_levels);
+	frame_hex("cr0", read_cr0());
+	frame_hex("cr3", read_cr3());
+	frame_hex("cr4", read_cr4());
+	frame_hex("efer", rdmsr(MSR_EFER));
+	frame_hex("pat", cpu.pat ? rdmsr(MSR_PAT) : 0);
+	frame_hex("text_start", (uint64_t)__text_start);
+	frame_hex("text_end", (uint64_t)__text_end);
+	frame_hex("rodata_start", (uint64_t)__rodata_start);
+	frame_hex("rodata_end", (uint64_t)__rodata_end);
+	frame_hex("data_start", (uint64_t)__data_start);
+	frame_hex("data_end", (uint64_t)__data_end);
+	frame_hex("stack_base", KERNEL_STACK_BASE);
+	frame_hex("stack_top", KERNEL_STACK_TOP);
+	frame_hex("stack_pointer", read_rsp());
+	frame_hex("physmap_base", PHYSMAP_BASE);
+	frame_hex("physmap_size", physmap_size);
+	frame_hex("physmap_leaf", LEVEL_SIZE(physmap_leaf_level));
+	frame_hex("pool_base", nonpaged_pool_base);
+	frame_hex("pool_end", nonpaged_pool_base + NONPAGED_POOL_SIZE);
+	frame_hex("pfn_db_base", PFN_DATABASE_BASE);
+	frame_hex("pte_base", SELFMAP_PTE_BASE(paging_levels));
+	frame_close();
+}
+
+static void frame_statistics(const struct request *r)
+{
+	struct frame_stats s = frame_stats();
+	frame_open_response(r->id);
+	frame_decimal("total", s.total);
+	frame_decimal("free", s.free);
+	frame_hex("highest_pfn", s.highest_pfn);
+	frame_decimal("above_4g_total", s.above_4g_total);
+	frame_decimal("above_4g_in_use", s.above_4g_in_use);
+	frame_close();
+}
+
+static void get_physical_address(const struct request *r)
+{
+	PHYSICAL_ADDRESS pa = MmGetPhysicalAddress((PVOID)r->values[0].integer);
+	frame_open_response(r->id);
+	frame_hex("pa", (uint64_t)pa.QuadPart);
+	frame_close();
+}
+
+static void is_address_valid(const struct request *r)
+{
+	BOOLEAN valid = MmIsAddressValid((PVOID)r->values[0].integer);
+	frame_open_response(r->id);
+	frame_boolean("valid", valid);
+	frame_close();
+}
+
+/* 1..RAW_ACCESS_MAX bytes that do not wrap past the top of the address space. */
+static bool raw_range_ok(const struct request *r, uint64_t va, uint64_t length)
+{
+	if (length < 1 || length > RAW_ACCESS_MAX) {
+		frame_error(r->id, ERROR_BAD_ARGUMENT, "length must be 1 to %u bytes", RAW_ACCESS_MAX);
+		return false;
+	}
+	if (va + (length - 1) < va) {
+		frame_error(r->id, ERROR_BAD_ARGUMENT, "the range wraps past the top of the address space");
+		return false;
+	}
+	return true;
+}
+
+static void read_va(const struct request *r)
+{
+	uint64_t va = r->values[0].integer, length = r->values[1].integer;
+	if (!raw_range_ok(r, va, length))
+		return;
+	raw_read(va, raw_buffer, length);
+	frame_open_response(r->id);
+	frame_bytes("data", raw_buffer, length);
+	frame_close();
+}
+
+static void write_va(const struct request *r)
+{
+	uint64_t va = r->values[0].integer, length = r->values[1].length / 2;
+	if (!raw_range_ok(r, va, length))
+		return;
+	bytes_decode(&r->values[1], raw_buffer);
+	raw_write(va, raw_buffer, length);
+	frame_open_response(r->id);
+	frame_decimal("written", length);
+	frame_close();
+}
+
+static bool tag_ok(const struct request *r, uint64_t tag)
+{
+	if (tag <= ULONG_MAX_VALUE)
+		return true;
+	frame_error(r->id, ERROR_BAD_ARGUMENT, "a tag is a ULONG: at most 0xffffffff");
+	return false;
+}
+
+static void allocate_pool(const struct request *r)
+{
+	uint64_t type = r->values[0].integer, bytes = r->values[1].integer, tag = r->values[2].integer;
+	if (type != NonPagedPool && type != NonPagedPoolNx) {
+		frame_error(r->id, ERROR_BAD_ARGUMENT, "pool_type must be NonPagedPool (0) or NonPagedPoolNx (512)");
+		return;
+	}
+	if (!tag_ok(r, tag))
+		return;
+	PVOID va = ExAllocatePoolWithTag((POOL_TYPE)type, bytes, (ULONG)tag);
+	frame_open_response(r->id);
+	frame_hex("va", (uint64_t)va);
+	frame_close();
+}
+
+static void free_pool(const struct request *r)
+{
+	uint64_t tag = r->values[1].integer;
+	if (!tag_ok(r, tag))
+		return;
+	ExFreePoolWithTag((PVOID)r->values[0].integer, (ULONG)tag);
+	frame_open_response(r->id);
+	frame_close();
+}
+
+static const struct command commands[] = {
+	{"hello", "", "no values", hello},
+	{"kernel_info", "", "no values", kernel_info},
+	{"frame_stats", "", "no values", frame_statistics},
+	{"MmGetPhysicalAddress", "i", "<va:integer>", get_physical_address},
+	{"MmIsAddressValid", "i", "<va:integer>", is_address_valid},
+	{"read_va", "ii", "<va:integer> <length:integer>", read_va},
+	{"write_va", "ib", "<va:integer> <data:bytes>", write_va},
+	{"ExAllocatePoolWithTag", "iii", "<pool_type:integer> <bytes:integer> <tag:integer>", allocate_pool},
+	{"ExFreePoolWithTag", "ii", "<va:integer> <tag:integer>", free_pool},
+};
+
+const struct command *command_find(const char *name, size_t length)
+{
+	for (unsigned i = 0; i < ARRAY_SIZE(commands); i++)
+		if (strlen(commands[i].name) == length && !memcmp(commands[i].name, name, length))
+			return &commands[i];
+	return 0;
+}

@@ -1,0 +1,72 @@
+/* Agent protocol version 1 (docs/agent-protocol.md): reading lines, values, requests; writing frames. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "compiler.h"
+
+#define PROTOCOL_VERSION 1
+#define REQUEST_MAX 16384 /* bytes per request, newline included */
+#define VALUES_MAX 3      /* the most any command takes */
+
+/* line.c: blocks until a whole line arrived; an oversized one is read to its end and dropped. */
+enum line_status { LINE_COMPLETE, LINE_OVERSIZED };
+enum line_status line_read(const char **line, size_t *length);
+
+/* value.c */
+enum value_type { VALUE_INTEGER, VALUE_BOOLEAN, VALUE_STRING, VALUE_BYTES };
+
+struct value {
+	enum value_type type;
+	uint64_t integer;  /* integer, boolean */
+	const char *text;  /* bytes: the hex digits; string: the text between the quotes */
+	size_t length;
+};
+
+bool value_parse(const char *token, size_t length, struct value *value);
+/* Decodes a VALUE_BYTES value into out, which holds value->length / 2 bytes. */
+void bytes_decode(const struct value *value, uint8_t *out);
+
+/* request.c */
+enum error_kind { ERROR_MALFORMED, ERROR_OVERSIZED, ERROR_UNKNOWN_COMMAND, ERROR_BAD_ARGUMENT };
+
+#define ID_UNREADABLE 0 /* answered as "=?" */
+
+struct request {
+	uint32_t id;
+	const char *command;
+	size_t command_length;
+	unsigned count; /* values given, even beyond VALUES_MAX */
+	struct value values[VALUES_MAX];
+};
+
+/* False for a malformed line: *why says what is wrong, request->id is set when it could be read. */
+bool request_parse(const char *line, size_t length, struct request *request, const char **why);
+
+/* frame.c: one frame at a time, written straight to COM2. */
+void frame_open_response(uint32_t id);
+void frame_open_event(const char *name);
+void frame_hex(const char *key, uint64_t value);
+void frame_decimal(const char *key, uint64_t value);
+void frame_boolean(const char *key, bool value);
+void frame_string(const char *key, const char *text);
+void frame_string_open(const char *key);
+void frame_string_printf(const char *format, ...) PRINTF_LIKE(1, 2);
+void frame_string_close(void);
+void frame_bytes(const char *key, const uint8_t *data, size_t length);
+void frame_close(void);
+void frame_error(uint32_t id, enum error_kind kind, const char *format, ...) PRINTF_LIKE(3, 4);
+/* Ends a frame cut short by a bugcheck, so the record starts on a line of its own. */
+void frame_abandon(void);
+
+/* commands.c */
+struct command {
+	const char *name;
+	const char *signature; /* one letter per value: i integer, b bytes */
+	const char *usage;
+	void (*run)(const struct request *request);
+};
+
+const struct command *command_find(const char *name, size_t length);
+/* The keys of hello and !hello. */
+void hello_keys(void);

@@ -1,0 +1,28 @@
+/* What the PVH hand-off (struct hvm_start_info) told us, copied before any frame is reused. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define E820_RAM 1
+#define MEMMAP_MAX 128
+#define CMDLINE_MAX 1024
+
+struct memmap_entry {
+	uint64_t base, size;
+	uint32_t type;
+};
+
+struct boot_info {
+	char cmdline[CMDLINE_MAX];
+	unsigned memmap_count;
+	struct memmap_entry memmap[MEMMAP_MAX];
+};
+
+extern struct boot_info boot_info;
+
+/* Copies cmdline and memory map; bugchecks with a console message when either is unusable. */
+void bootinfo_capture(uint32_t start_info_pa);
+
+/* The value of the first "key=value" token of the command line, or false when there is none. */
+bool cmdline_value(const char *key, const char **value, size_t *length);

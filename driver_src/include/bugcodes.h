@@ -1,0 +1,56 @@
+/* NT bugcheck codes and exception statuses this kernel raises (ddi-spec §13, §1.5). */
+#pragma once
+#include <stdint.h>
+
+#define MEMORY_MANAGEMENT 0x1A
+#define KMODE_EXCEPTION_NOT_HANDLED 0x1E
+#define PHASE0_INITIALIZATION_FAILED 0x31
+#define PFN_LIST_CORRUPT 0x4E
+#define PAGE_FAULT_IN_NONPAGED_AREA 0x50
+#define UNSUPPORTED_PROCESSOR 0x5D
+#define INSTALL_MORE_MEMORY 0x7D
+#define UNEXPECTED_KERNEL_MODE_TRAP 0x7F
+#define NMI_HARDWARE_FAILURE 0x80
+#define MACHINE_CHECK_EXCEPTION 0x9C
+#define ATTEMPTED_WRITE_TO_READONLY_MEMORY 0xBE
+#define BAD_POOL_CALLER 0xC2
+#define ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY 0xFC
+
+/* MEMORY_MANAGEMENT P1: a PTE does not hold what the memory manager expects (P2 its address, P3 its value). */
+#define MM_CORRUPTED_PTE 0x41792
+
+/* PFN_LIST_CORRUPT P1: a frame is not in the state a transition requires (P2 PFN, P3 state, P4 expected). */
+#define PFN_CORRUPT_STATE 0x99
+
+/* PHASE0_INITIALIZATION_FAILED P1 (mmhil's own): what the boot hand-off lacked. */
+#define BOOT_BAD_START_INFO 1 /* P2 = magic found */
+#define BOOT_NO_MEMORY_MAP 2  /* P2 = start_info version, P3 = memmap_paddr, P4 = entries */
+#define BOOT_OUT_OF_REACH 3   /* P2 = physical address outside the boot stub's 1 GiB map */
+#define BOOT_LIMIT 4          /* P2 = what overflowed a fixed boot table, P3 = its capacity */
+
+/* PAGE_FAULT_IN_NONPAGED_AREA P4 ([DECISION] ddi-spec §13). */
+#define PF_TYPE_FREED_PTE 0x0
+#define PF_TYPE_TABLE_NOT_PRESENT 0x2
+#define PF_TYPE_NON_CANONICAL 0x4
+#define PF_TYPE_ACCESS_INCONSISTENT 0xF
+
+/* BAD_POOL_CALLER P1 (ddi-spec §11). */
+#define POOL_HEADER_CORRUPT 0x01
+#define POOL_DOUBLE_FREE 0x07
+#define POOL_WRONG_TAG 0x0A
+#define POOL_NEVER_ALLOCATED 0x42
+#define POOL_INVALID_ADDRESS 0x46
+
+/* NTSTATUS exception codes that KMODE_EXCEPTION_NOT_HANDLED reports. */
+#define STATUS_BREAKPOINT 0x80000003
+#define STATUS_SINGLE_STEP 0x80000004
+#define STATUS_ACCESS_VIOLATION 0xC0000005
+#define STATUS_ILLEGAL_INSTRUCTION 0xC000001D
+#define STATUS_ARRAY_BOUNDS_EXCEEDED 0xC000008C
+#define STATUS_FLOAT_MULTIPLE_FAULTS 0xC00002B4
+#define STATUS_INTEGER_DIVIDE_BY_ZERO 0xC0000094
+#define STATUS_INTEGER_OVERFLOW 0xC0000095
+#define STATUS_DATATYPE_MISALIGNMENT 0x80000002
+#define STATUS_FLOAT_MULTIPLE_TRAPS 0xC00002B5
+
+const char *bugcheck_name(uint32_t code);

@@ -1,0 +1,80 @@
+/*
+ * The kernel's virtual address space. Regions follow NT x64 (ddi-spec §2.2); the physmap is ours.
+ *
+ *   0x0000000000000000 +------------------------------------------------+
+ *                      | user half: nothing mapped; no identity map      |
+ *                      | survives boot, so no VA equals its PA           |
+ *   0x00007FFFFFFFFFFF +------------------------------------------------+
+ *                      :  non-canonical (4-level); user half (5-level)   :
+ *   0xFFFF880000000000 +------------------------------------------------+
+ *                      | physmap: all RAM, RW NX, 1 GiB leaves (2 MiB    |
+ *                      | without pdpe1gb); physmap + pa = pa   [DECISION] |
+ *   0xFFFFF68000000000 +------------------------------------------------+
+ *                      | self-map, 4-level: PML4 slot 0x1ED (PTE_BASE)   |
+ *   0xFFFFF70000000000 +------------------------------------------------+
+ *   0xFFFFF80000000000 | loader mappings                                 |
+ *   0xFFFFF80000200000 |   kernel image, 4 KiB pages: text RX,           |
+ *                      |   rodata R NX, data+bss RW NX                   |
+ *   0xFFFFF80040000000 |   guard page (never mapped)                     |
+ *   0xFFFFF80040001000 |   kernel stack, 16 KiB RW NX                    |
+ *   0xFFFFF98000000000 +------------------------------------------------+
+ *                      | system PTEs: reserved, 4 KiB only, unused yet   |
+ *   0xFFFFFA8000000000 +------------------------------------------------+
+ *                      | PFN database: 16 bytes per frame up to the      |
+ *                      | highest RAM frame                               |
+ *   next 1 GiB bound.  +------------------------------------------------+
+ *                      | nonpaged pool: 1 GiB of VA, 4 KiB pages         |
+ *                      +------------------------------------------------+
+ *   0xFFFFFFFFFFFFFFFF
+ *
+ *   5-level paging: the same regions (all inside PML5 slot 0x1FF); the self-map moves to
+ *   PML5 slot 0x1ED, 0xFFED000000000000..0xFFEDFFFFFFFFFFFF.
+ */
+#pragma once
+#include "const.h"
+
+/* The kernel is linked at KERNEL_VIRT_OFFSET + its load address, and loaded (PVH) at KERNEL_PHYS_BASE. */
+#define LOADER_MAPPINGS_BASE U64_C(0xFFFFF80000000000)
+#define KERNEL_VIRT_OFFSET LOADER_MAPPINGS_BASE
+#define KERNEL_PHYS_BASE 0x200000
+#define KERNEL_VIRT_BASE (KERNEL_VIRT_OFFSET + KERNEL_PHYS_BASE)
+
+/* Top-level slots the boot stub fills in its temporary tables, spelt out for the assembler. */
+#define KERNEL_PML4_SLOT 0x1F0
+#define KERNEL_PML5_SLOT 0x1FF
+
+#define PHYSMAP_BASE U64_C(0xFFFF880000000000)
+#define PHYSMAP_LIMIT U64_C(0xFFFFF68000000000) /* the 4-level self-map starts here */
+
+#define KERNEL_STACK_GUARD U64_C(0xFFFFF80040000000)
+#define KERNEL_STACK_BASE (KERNEL_STACK_GUARD + 0x1000)
+#define KERNEL_STACK_SIZE 0x4000
+#define KERNEL_STACK_TOP (KERNEL_STACK_BASE + KERNEL_STACK_SIZE)
+
+#define SYSTEM_PTE_BASE U64_C(0xFFFFF98000000000)
+#define PFN_DATABASE_BASE U64_C(0xFFFFFA8000000000)
+#define NONPAGED_POOL_ALIGN BIT(30)
+#define NONPAGED_POOL_SIZE BIT(30)
+
+#ifndef __ASSEMBLER__
+#include "paging.h"
+
+_Static_assert(LEVEL_INDEX(KERNEL_VIRT_BASE, 4) == KERNEL_PML4_SLOT, "boot stub kernel slot");
+_Static_assert(LEVEL_INDEX(KERNEL_VIRT_BASE, 5) == KERNEL_PML5_SLOT, "boot stub kernel slot");
+_Static_assert(KERNEL_PHYS_BASE % LEVEL_SIZE(2) == 0, "boot stub maps the image with 2 MiB pages");
+_Static_assert(LEVEL_INDEX(PHYSMAP_BASE, 4) != SELFMAP_SLOT, "physmap clear of the self-map");
+
+/* Linker-script symbols: the image's sections, each page aligned. */
+extern char __image_start[], __text_start[], __text_end[], __rodata_start[], __rodata_end[];
+extern char __data_start[], __data_end[], __image_end[];
+
+static inline void *phys_to_virt(uint64_t pa)
+{
+	return (void *)(PHYSMAP_BASE + pa);
+}
+
+static inline uint64_t image_virt_to_phys(const void *va)
+{
+	return (uint64_t)va - KERNEL_VIRT_OFFSET;
+}
+#endif

@@ -1,0 +1,84 @@
+/*
+ * Page tables: one walker for every level and page size, and map/unmap primitives whose result
+ * is a flush token that must reach tlb_flush() (dropping it is a compile error).
+ *
+ * A view says how entries are reached. The live tree (the one CR3 points at) is read and written
+ * through the NT self-map, as NT does; a tree under construction is reached through the physmap.
+ */
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+#include "compiler.h"
+#include "paging.h"
+
+extern unsigned paging_levels; /* 4 or 5, as the boot stub set up */
+
+struct pt_view {
+	bool live;        /* the tree CR3 points at: reached through the self-map, changes need INVLPG */
+	uint64_t root_pa; /* otherwise: its top-level table, reached through the physmap */
+};
+
+static inline struct pt_view pt_live(void)
+{
+	return (struct pt_view){.live = true};
+}
+
+static inline struct pt_view pt_tree(uint64_t root_pa)
+{
+	return (struct pt_view){.live = false, .root_pa = root_pa};
+}
+
+enum pt_stop {
+	PT_LEAF,          /* a present leaf: a 4 KiB, 2 MiB or 1 GiB page */
+	PT_TABLE,         /* a present entry pointing to a table, at the level asked for */
+	PT_NOT_PRESENT,   /* an entry with P clear */
+	PT_NON_CANONICAL, /* the address is not canonical: no entry was read */
+};
+
+struct pt_walk {
+	enum pt_stop stop;
+	unsigned level;          /* level of the entry the walk stopped at (0 if non-canonical) */
+	uint64_t entry;          /* its value */
+	volatile uint64_t *slot; /* where it is stored */
+};
+
+/* Walks from the top until a leaf, a non-present entry, or the entry at stop_level. */
+struct pt_walk pt_walk_to(const struct pt_view *view, uint64_t va, unsigned stop_level);
+
+static inline struct pt_walk pt_walk(const struct pt_view *view, uint64_t va)
+{
+	return pt_walk_to(view, va, 1);
+}
+
+/* The physical address va translates to through a PT_LEAF walk. */
+static inline uint64_t pt_leaf_address(const struct pt_walk *walk, uint64_t va)
+{
+	uint64_t offset_mask = LEVEL_SIZE(walk->level) - 1;
+	return (walk->entry & LEAF_ADDR_MASK(walk->level)) | (va & offset_mask);
+}
+
+struct tlb_flush {
+	uint64_t va;  /* a VA inside the mapping whose entry changed */
+	bool changed; /* false: nothing was written (pt_set could not get a table frame) */
+	bool live;
+};
+
+/* Writes entry at level for va, creating missing tables above it; the slot must be empty. */
+MUST_USE struct tlb_flush pt_set(const struct pt_view *view, uint64_t va, unsigned level, uint64_t entry);
+/* Clears the leaf that maps va and returns its old value; va must be mapped. */
+MUST_USE struct tlb_flush pt_clear(const struct pt_view *view, uint64_t va, uint64_t *old_entry);
+void tlb_flush(struct tlb_flush token);
+
+enum protection {
+	PROT_READ,
+	PROT_READ_WRITE,
+	PROT_READ_EXECUTE,
+	PROT_READ_WRITE_EXECUTE,
+};
+
+/* A kernel leaf (A and D preset, global when the CPU has PGE, NX when it has NX). */
+uint64_t pte_kernel_leaf(uint64_t pa, unsigned level, enum protection protection);
+/* An entry pointing to a table. */
+uint64_t pte_table(uint64_t table_pa);
+/* The self-map entry of a top-level table: writable, never executable. */
+uint64_t pte_selfmap(uint64_t root_pa);

@@ -1,0 +1,14 @@
+/* GDT, TSS with IST stacks, IDT; every CPU exception becomes a structured bugcheck. */
+#pragma once
+#include <stdint.h>
+#include "compiler.h"
+
+/* Built by boot/traps.S: general registers (r15 pushed last), then vector, error code, CPU frame. */
+struct trap_frame {
+	uint64_t r15, r14, r13, r12, r11, r10, r9, r8, rbp, rdi, rsi, rdx, rcx, rbx, rax;
+	uint64_t vector, error;
+	uint64_t rip, cs, rflags, rsp, ss;
+};
+
+void trap_init(void);
+NORETURN void trap_bugcheck(struct trap_frame *frame);

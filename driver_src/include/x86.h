@@ -1,0 +1,116 @@
+/* x86 registers, MSRs, CPUID bits and I/O ports this kernel uses (paging bits: paging.h). */
+#pragma once
+#include "const.h"
+
+#define CR0_PE BIT(0)
+#define CR0_WP BIT(16) /* supervisor writes honour read-only pages */
+#define CR0_PG BIT(31)
+#define CR4_PAE BIT(5)
+#define CR4_PGE BIT(7)
+#define CR4_LA57 BIT(12)
+#define CR4_SMEP BIT(20)
+#define CR4_SMAP BIT(21)
+#define MSR_EFER 0xC0000080
+#define EFER_LME BIT(8)
+#define EFER_NXE BIT(11)
+#define MSR_PAT 0x277
+
+/* CPUID feature bits, as bit numbers in the named leaf's register. */
+#define CPUID_1_EDX_PGE 13
+#define CPUID_1_EDX_PAT 16
+#define CPUID_7_EBX_SMEP 7
+#define CPUID_7_EBX_SMAP 20
+#define CPUID_7_ECX_LA57 16
+#define CPUID_EXT_EDX_NX 20
+#define CPUID_EXT_EDX_PDPE1GB 26
+#define CPUID_EXT_EDX_LM 29
+
+#define COM1_PORT 0x3F8
+#define COM2_PORT 0x2F8
+#define DEBUG_EXIT_PORT 0xF4        /* isa-debug-exit: QEMU exits with status (value << 1) | 1 */
+#define DEBUG_EXIT_BUGCHECK 0x10    /* status 33: a bugcheck record precedes it */
+
+#define GDT_KERNEL_CODE 0x08
+#define GDT_KERNEL_DATA 0x10
+#define GDT_TSS 0x18
+
+#ifndef __ASSEMBLER__
+#include <stdint.h>
+#include "compiler.h"
+
+struct cpuid_regs {
+	uint32_t eax, ebx, ecx, edx;
+};
+
+static inline struct cpuid_regs cpuid(uint32_t leaf, uint32_t subleaf)
+{
+	struct cpuid_regs r;
+	asm volatile("cpuid" : "=a"(r.eax), "=b"(r.ebx), "=c"(r.ecx), "=d"(r.edx) : "a"(leaf), "c"(subleaf));
+	return r;
+}
+
+static inline uint64_t rdmsr(uint32_t msr)
+{
+	uint32_t lo, hi;
+	asm volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
+	return (uint64_t)hi << 32 | lo;
+}
+
+static inline void wrmsr(uint32_t msr, uint64_t value)
+{
+	asm volatile("wrmsr" ::"c"(msr), "a"((uint32_t)value), "d"((uint32_t)(value >> 32)) : "memory");
+}
+
+#define DEFINE_CR_READ(n) \
+	static inline uint64_t read_cr##n(void) \
+	{ \
+		uint64_t v; \
+		asm volatile("mov %%cr" #n ", %0" : "=r"(v)); \
+		return v; \
+	}
+DEFINE_CR_READ(0)
+DEFINE_CR_READ(2)
+DEFINE_CR_READ(3)
+DEFINE_CR_READ(4)
+#undef DEFINE_CR_READ
+
+static inline void write_cr4(uint64_t v)
+{
+	asm volatile("mov %0, %%cr4" ::"r"(v) : "memory");
+}
+
+static inline uint64_t read_rsp(void)
+{
+	uint64_t v;
+	asm volatile("mov %%rsp, %0" : "=r"(v));
+	return v;
+}
+
+static inline void invlpg(uint64_t va)
+{
+	asm volatile("invlpg (%0)" ::"r"(va) : "memory");
+}
+
+static inline uint8_t inb(uint16_t port)
+{
+	uint8_t v;
+	asm volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static inline void outb(uint16_t port, uint8_t v)
+{
+	asm volatile("outb %0, %1" ::"a"(v), "Nd"(port));
+}
+
+static inline void outl(uint16_t port, uint32_t v)
+{
+	asm volatile("outl %0, %1" ::"a"(v), "Nd"(port));
+}
+
+static inline NORETURN void halt_forever(void)
+{
+	for (;;)
+		asm volatile("cli; hlt");
+}
+#endif

@@ -1,0 +1,187 @@
+#include "trap.h"
+#include "bugcheck.h"
+#include "bugcodes.h"
+#include "pagetable.h"
+#include "raw_access.h"
+#include "x86.h"
+
+enum vector {
+	VECTOR_NMI = 2,
+	VECTOR_DOUBLE_FAULT = 8,
+	VECTOR_GENERAL_PROTECTION = 13,
+	VECTOR_PAGE_FAULT = 14,
+	VECTOR_MACHINE_CHECK = 18,
+	VECTOR_COUNT = 32,
+};
+
+/* IST slots: #DF (a kernel stack overflow lands here), NMI and #MC run on stacks of their own. */
+enum ist { IST_DOUBLE_FAULT = 1, IST_NMI, IST_MACHINE_CHECK, IST_COUNT = 3 };
+#define IST_STACK_SIZE 0x2000
+
+struct PACKED tss {
+	uint32_t reserved0;
+	uint64_t rsp[3];
+	uint64_t reserved1;
+	uint64_t ist[7];
+	uint64_t reserved2;
+	uint16_t reserved3, iomap_base;
+};
+
+struct PACKED idt_gate {
+	uint16_t offset_low, selector;
+	uint8_t ist, type;
+	uint16_t offset_mid;
+	uint32_t offset_high, reserved;
+};
+
+struct PACKED table_register {
+	uint16_t limit;
+	uint64_t base;
+};
+
+#define GATE_INTERRUPT_DPL0 0x8E
+#define TSS_AVAILABLE 0x89
+
+static struct tss tss;
+static uint8_t ist_stacks[IST_COUNT][IST_STACK_SIZE] ALIGNED(16);
+static struct idt_gate idt[VECTOR_COUNT];
+/* null, 64-bit code, data (accessed bits preset), then the 16-byte TSS descriptor. */
+static uint64_t gdt[5] = {0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF};
+extern const uint64_t trap_entry_points[VECTOR_COUNT];
+
+static void set_tss_descriptor(void)
+{
+	uint64_t base = (uint64_t)&tss, limit = sizeof(tss) - 1;
+	gdt[GDT_TSS / 8] = (limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | (uint64_t)TSS_AVAILABLE << 40 |
+			   (limit >> 16 & 0xF) << 48 | (base >> 24 & 0xFF) << 56;
+	gdt[GDT_TSS / 8 + 1] = base >> 32;
+}
+
+static uint8_t ist_for(unsigned vector)
+{
+	switch (vector) {
+	case VECTOR_DOUBLE_FAULT: return IST_DOUBLE_FAULT;
+	case VECTOR_NMI: return IST_NMI;
+	case VECTOR_MACHINE_CHECK: return IST_MACHINE_CHECK;
+	default: return 0;
+	}
+}
+
+void trap_init(void)
+{
+	for (unsigned i = 0; i < IST_COUNT; i++)
+		tss.ist[i] = (uint64_t)ist_stacks[i] + IST_STACK_SIZE;
+	tss.iomap_base = sizeof(tss);
+	set_tss_descriptor();
+	for (unsigned v = 0; v < VECTOR_COUNT; v++) {
+		uint64_t entry = trap_entry_points[v];
+		idt[v] = (struct idt_gate){
+			.offset_low = (uint16_t)entry,
+			.selector = GDT_KERNEL_CODE,
+			.ist = ist_for(v),
+			.type = GATE_INTERRUPT_DPL0,
+			.offset_mid = (uint16_t)(entry >> 16),
+			.offset_high = (uint32_t)(entry >> 32),
+		};
+	}
+	struct table_register gdtr = {sizeof(gdt) - 1, (uint64_t)gdt};
+	struct table_register idtr = {sizeof(idt) - 1, (uint64_t)idt};
+	asm volatile("lgdt %0\n\t"
+		     "pushq %2\n\t"
+		     "leaq 1f(%%rip), %%rax\n\t"
+		     "pushq %%rax\n\t"
+		     "lretq\n"
+		     "1:\n\t"
+		     "mov %3, %%ds\n\t"
+		     "mov %3, %%es\n\t"
+		     "mov %3, %%ss\n\t"
+		     "ltr %w4\n\t"
+		     "lidt %1"
+		     :
+		     : "m"(gdtr), "m"(idtr), "i"(GDT_KERNEL_CODE), "r"(GDT_KERNEL_DATA), "r"(GDT_TSS)
+		     : "rax", "memory");
+}
+
+/* Exceptions NT turns into an exception record (KMODE_EXCEPTION_NOT_HANDLED); 0: a plain trap. */
+static const uint32_t exception_status[VECTOR_COUNT] = {
+	[0] = STATUS_INTEGER_DIVIDE_BY_ZERO,
+	[1] = STATUS_SINGLE_STEP,
+	[3] = STATUS_BREAKPOINT,
+	[4] = STATUS_INTEGER_OVERFLOW,
+	[5] = STATUS_ARRAY_BOUNDS_EXCEEDED,
+	[6] = STATUS_ILLEGAL_INSTRUCTION,
+	[13] = STATUS_ACCESS_VIOLATION,
+	[16] = STATUS_FLOAT_MULTIPLE_FAULTS,
+	[17] = STATUS_DATATYPE_MISALIGNMENT,
+	[19] = STATUS_FLOAT_MULTIPLE_TRAPS,
+};
+
+static void set_stop(struct bugcheck *b, uint32_t code, uint64_t p1, uint64_t p2, uint64_t p3, uint64_t p4)
+{
+	b->code = code;
+	b->parameters[0] = p1;
+	b->parameters[1] = p2;
+	b->parameters[2] = p3;
+	b->parameters[3] = p4;
+}
+
+/* ddi-spec §13 [DECISION]: which stop a kernel #PF raises. */
+static void classify_page_fault(struct bugcheck *b, const struct trap_frame *f)
+{
+	uint64_t va = b->cr2;
+	uint64_t access = f->error & (PF_ERR_W | PF_ERR_ID); /* 0 read, 2 write, 0x10 execute */
+	struct pt_view live = pt_live();
+	struct pt_walk walk = pt_walk(&live, va);
+
+	if (f->error & PF_ERR_RSVD) /* TCG reports 0x8 without P; the entry is corrupt either way */
+		set_stop(b, MEMORY_MANAGEMENT, MM_CORRUPTED_PTE, (uint64_t)walk.slot, walk.entry, va);
+	else if (!(f->error & PF_ERR_P))
+		set_stop(b, PAGE_FAULT_IN_NONPAGED_AREA, va, access, f->rip,
+			 walk.stop == PT_NOT_PRESENT && walk.level > 1 ? PF_TYPE_TABLE_NOT_PRESENT : PF_TYPE_FREED_PTE);
+	else if (f->error & PF_ERR_ID)
+		set_stop(b, ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY, va, walk.entry, 0, 0);
+	else if (f->error & PF_ERR_W)
+		set_stop(b, ATTEMPTED_WRITE_TO_READONLY_MEMORY, va, walk.entry, 0, 0);
+	else /* a present page refused for another reason (SMAP, protection keys) */
+		set_stop(b, PAGE_FAULT_IN_NONPAGED_AREA, va, access, f->rip, PF_TYPE_ACCESS_INCONSISTENT);
+}
+
+/* A non-canonical address raises #GP, which names no address; a raw access knows its own. */
+static void classify_general_protection(struct bugcheck *b, const struct trap_frame *f)
+{
+	uint64_t va;
+	bool write;
+	if (raw_access_non_canonical(&va, &write))
+		set_stop(b, PAGE_FAULT_IN_NONPAGED_AREA, va, write ? PF_ERR_W : 0, f->rip, PF_TYPE_NON_CANONICAL);
+	else /* NT: read access, address unknown */
+		set_stop(b, KMODE_EXCEPTION_NOT_HANDLED, STATUS_ACCESS_VIOLATION, f->rip, 0, ~0ull);
+}
+
+static unsigned traps_entered;
+
+void trap_bugcheck(struct trap_frame *f)
+{
+	struct bugcheck b = {
+		.rip = f->rip,
+		.cr3 = read_cr3(),
+		.from_exception = true,
+		.vector = f->vector,
+		.error = f->error,
+		.cr2 = read_cr2(),
+	};
+	if (++traps_entered > 1) /* faulted while classifying a fault (a broken self-map?): no more walks */
+		set_stop(&b, UNEXPECTED_KERNEL_MODE_TRAP, f->vector, 0, 0, 0);
+	else if (f->vector == VECTOR_PAGE_FAULT)
+		classify_page_fault(&b, f);
+	else if (f->vector == VECTOR_GENERAL_PROTECTION)
+		classify_general_protection(&b, f);
+	else if (f->vector == VECTOR_NMI)
+		set_stop(&b, NMI_HARDWARE_FAILURE, 0, 0, 0, 0);
+	else if (f->vector == VECTOR_MACHINE_CHECK)
+		set_stop(&b, MACHINE_CHECK_EXCEPTION, 0, 0, 0, 0);
+	else if (f->vector < VECTOR_COUNT && exception_status[f->vector])
+		set_stop(&b, KMODE_EXCEPTION_NOT_HANDLED, exception_status[f->vector], f->rip, 0, 0);
+	else
+		set_stop(&b, UNEXPECTED_KERNEL_MODE_TRAP, f->vector, 0, 0, 0);
+	bugcheck_stop(&b);
+}

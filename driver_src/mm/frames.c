@@ -1,0 +1,235 @@
+#include "frames.h"
+#include "bootinfo.h"
+#include "bugcodes.h"
+#include "console.h"
+#include "layout.h"
+#include "ntddk.h"
+#include "pagetable.h"
+
+#define LOW_MEMORY_END_PFN 0x100 /* 1 MiB */
+#define FOUR_GIB_PFN 0x100000
+#define BOOT_RUNS_MAX 1024
+
+/* 16 bytes: room for the lock and share counts that MDL locking will keep here. */
+struct pfn_entry {
+	pfn_t next_free; /* free frames: the next one on the free list (PFN_NONE ends it) */
+	uint8_t state;
+};
+_Static_assert(sizeof(struct pfn_entry) == 16, "PFN entry size");
+
+static struct pfn_entry *const pfn_database = (struct pfn_entry *)PFN_DATABASE_BASE;
+
+static struct ram_range ram[MEMMAP_MAX];
+static unsigned ram_count;
+static pfn_t highest_pfn;
+static pfn_t image_first, image_end;
+
+/* Bootstrap carving: frames of ram[carve_range] below carve_next are still unused. */
+static unsigned carve_range;
+static pfn_t carve_next;
+struct boot_run {
+	pfn_t first;
+	uint64_t count;
+	enum pfn_state state;
+};
+static struct boot_run boot_runs[BOOT_RUNS_MAX];
+static unsigned boot_run_count;
+static bool database_ready;
+
+/* Free list, highest frame first; counters kept as frames move. */
+static pfn_t free_head = PFN_NONE;
+static uint64_t total_frames, above_4g_total, above_4g_free;
+static uint64_t state_counts[PFN_STATE_COUNT];
+
+static void add_ram(pfn_t first, pfn_t end)
+{
+	unsigned i = ram_count++;
+	while (i > 0 && ram[i - 1].first > first) {
+		ram[i] = ram[i - 1];
+		i--;
+	}
+	ram[i] = (struct ram_range){first, end};
+}
+
+static void merge_overlapping_ram(void)
+{
+	unsigned kept = 0;
+	for (unsigned i = 0; i < ram_count; i++) {
+		if (kept && ram[i].first <= ram[kept - 1].end) {
+			if (ram[i].end > ram[kept - 1].end)
+				ram[kept - 1].end = ram[i].end;
+		} else {
+			ram[kept++] = ram[i];
+		}
+	}
+	ram_count = kept;
+}
+
+void frames_bootstrap(void)
+{
+	for (unsigned i = 0; i < boot_info.memmap_count; i++) {
+		const struct memmap_entry *e = &boot_info.memmap[i];
+		pfn_t first = (e->base + PAGE_OFFSET_MASK) >> PAGE_SHIFT;
+		pfn_t end = (e->base + e->size) >> PAGE_SHIFT;
+		if (e->type == E820_RAM && first < end)
+			add_ram(first, end);
+	}
+	merge_overlapping_ram();
+	if (!ram_count)
+		KeBugCheckEx(INSTALL_MORE_MEMORY, 0, 0, 0, 0);
+	highest_pfn = ram[ram_count - 1].end - 1;
+	image_first = image_virt_to_phys(__image_start) >> PAGE_SHIFT;
+	image_end = image_virt_to_phys(__image_end) >> PAGE_SHIFT;
+	carve_range = ram_count - 1;
+	carve_next = ram[carve_range].end;
+}
+
+static pfn_t carve_frame(void)
+{
+	for (;;) {
+		const struct ram_range *r = &ram[carve_range];
+		pfn_t floor = r->first > LOW_MEMORY_END_PFN ? r->first : LOW_MEMORY_END_PFN;
+		if (carve_next > floor) {
+			pfn_t pfn = --carve_next;
+			if (pfn < image_end && pfn >= image_first) {
+				carve_next = image_first;
+				continue;
+			}
+			return pfn;
+		}
+		if (carve_range == 0)
+			KeBugCheckEx(INSTALL_MORE_MEMORY, 0, ram[0].first, highest_pfn, 0);
+		carve_next = ram[--carve_range].end;
+	}
+}
+
+static void log_boot_frame(pfn_t pfn, enum pfn_state state)
+{
+	struct boot_run *last = boot_run_count ? &boot_runs[boot_run_count - 1] : 0;
+	if (last && last->state == state && last->first == pfn + 1) {
+		last->first = pfn;
+		last->count++;
+		return;
+	}
+	if (boot_run_count == BOOT_RUNS_MAX) {
+		kprintf("mmhil: more than %u runs of boot frames\n", BOOT_RUNS_MAX);
+		KeBugCheckEx(PHASE0_INITIALIZATION_FAILED, BOOT_LIMIT, boot_run_count, BOOT_RUNS_MAX, 0);
+	}
+	boot_runs[boot_run_count++] = (struct boot_run){pfn, 1, state};
+}
+
+static void transition(pfn_t pfn, enum pfn_state from, enum pfn_state to)
+{
+	struct pfn_entry *e = &pfn_database[pfn];
+	if (e->state != from)
+		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_CORRUPT_STATE, pfn, e->state, from);
+	e->state = to;
+	state_counts[from]--;
+	state_counts[to]++;
+}
+
+static void push_free(pfn_t pfn)
+{
+	pfn_database[pfn].next_free = free_head;
+	free_head = pfn;
+	above_4g_free += pfn >= FOUR_GIB_PFN;
+}
+
+pfn_t frame_alloc(enum pfn_state purpose)
+{
+	if (!database_ready) {
+		pfn_t pfn = carve_frame();
+		log_boot_frame(pfn, purpose);
+		return pfn;
+	}
+	pfn_t pfn = free_head;
+	if (pfn == PFN_NONE)
+		return PFN_NONE;
+	transition(pfn, PFN_FREE, purpose);
+	free_head = pfn_database[pfn].next_free;
+	above_4g_free -= pfn >= FOUR_GIB_PFN;
+	return pfn;
+}
+
+void frame_free(pfn_t pfn, enum pfn_state expected)
+{
+	if (!database_ready || pfn > highest_pfn)
+		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_CORRUPT_STATE, pfn, PFN_NOT_RAM, expected);
+	transition(pfn, expected, PFN_FREE);
+	push_free(pfn);
+}
+
+static void transition_range(pfn_t first, pfn_t end, enum pfn_state from, enum pfn_state to)
+{
+	for (pfn_t pfn = first; pfn < end; pfn++)
+		transition(pfn, from, to);
+}
+
+uint64_t pfn_database_end(void)
+{
+	uint64_t bytes = (highest_pfn + 1) * sizeof(struct pfn_entry);
+	return PFN_DATABASE_BASE + ((bytes + PAGE_OFFSET_MASK) & ~PAGE_OFFSET_MASK);
+}
+
+/* Runs on the kernel's own tables: maps the database with carved frames, then fills it. */
+void pfn_database_init(void)
+{
+	struct pt_view live = pt_live();
+	for (uint64_t va = PFN_DATABASE_BASE; va < pfn_database_end(); va += PAGE_SIZE) {
+		pfn_t pfn = frame_alloc(PFN_DATABASE);
+		struct tlb_flush flush = pt_set(&live, va, 1, pte_kernel_leaf(pfn << PAGE_SHIFT, 1, PROT_READ_WRITE));
+		tlb_flush(flush); /* carving cannot fail, so neither can pt_set here */
+	}
+	pfn_t pfn = 0;
+	for (unsigned i = 0; i < ram_count; i++) {
+		for (; pfn < ram[i].first; pfn++)
+			pfn_database[pfn] = (struct pfn_entry){PFN_NONE, PFN_NOT_RAM};
+		for (; pfn < ram[i].end; pfn++)
+			pfn_database[pfn] = (struct pfn_entry){PFN_NONE, PFN_FREE};
+		total_frames += ram[i].end - ram[i].first;
+		if (ram[i].end > FOUR_GIB_PFN)
+			above_4g_total += ram[i].end - (ram[i].first > FOUR_GIB_PFN ? ram[i].first : FOUR_GIB_PFN);
+	}
+	state_counts[PFN_FREE] = total_frames;
+	state_counts[PFN_NOT_RAM] = highest_pfn + 1 - total_frames;
+	for (pfn = 0; pfn < LOW_MEMORY_END_PFN && pfn <= highest_pfn; pfn++)
+		if (pfn_database[pfn].state == PFN_FREE)
+			transition(pfn, PFN_FREE, PFN_FIRMWARE);
+	transition_range(image_first, image_end, PFN_FREE, PFN_KERNEL_IMAGE);
+	for (unsigned i = 0; i < boot_run_count; i++)
+		transition_range(boot_runs[i].first, boot_runs[i].first + boot_runs[i].count, PFN_FREE,
+				 boot_runs[i].state);
+	for (unsigned i = 0; i < ram_count; i++)
+		for (pfn = ram[i].first; pfn < ram[i].end; pfn++)
+			if (pfn_database[pfn].state == PFN_FREE)
+				push_free(pfn);
+	database_ready = true;
+}
+
+struct frame_stats frame_stats(void)
+{
+	return (struct frame_stats){total_frames, state_counts[PFN_FREE], highest_pfn, above_4g_total,
+				    above_4g_total - above_4g_free};
+}
+
+unsigned ram_ranges(const struct ram_range **ranges)
+{
+	*ranges = ram;
+	return ram_count;
+}
+
+uint64_t frames_in_state(enum pfn_state state)
+{
+	return state_counts[state];
+}
+
+const char *pfn_state_name(enum pfn_state state)
+{
+	static const char *const names[PFN_STATE_COUNT] = {
+		[PFN_NOT_RAM] = "not-ram",	       [PFN_FREE] = "free",
+		[PFN_FIRMWARE] = "firmware",	       [PFN_KERNEL_IMAGE] = "kernel-image",
+		[PFN_PAGE_TABLE] = "page-table",     [PFN_DATABASE] = "pfn-database",
+		[PFN_KERNEL_STACK] = "kernel-stack", [PFN_POOL] = "pool",
+	};
+	return state < PFN_STATE_COUNT ? names[state] : "?";
+}

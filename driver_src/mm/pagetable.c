@@ -1,0 +1,133 @@
+#include "pagetable.h"
+#include "bugcodes.h"
+#include "cpu.h"
+#include "frames.h"
+#include "kstring.h"
+#include "layout.h"
+#include "ntddk.h"
+#include "x86.h"
+
+unsigned paging_levels;
+
+/* The self-map VA of the entry that maps va at level: "address of the PTE of" applied level times. */
+static uint64_t selfmap_entry_address(unsigned level, uint64_t va)
+{
+	for (unsigned i = 0; i < level; i++)
+		va = SELFMAP_PTE_ADDRESS(paging_levels, va);
+	return va;
+}
+
+/* Where the level entry for va is stored; parent is the present entry one level up. */
+static volatile uint64_t *entry_slot(const struct pt_view *view, unsigned level, uint64_t va, uint64_t parent)
+{
+	if (view->live)
+		return (volatile uint64_t *)selfmap_entry_address(level, va);
+	uint64_t table = level == paging_levels ? view->root_pa : parent & PTE_ADDR_MASK;
+	return (volatile uint64_t *)phys_to_virt(table) + LEVEL_INDEX(va, level);
+}
+
+static bool is_leaf(uint64_t entry, unsigned level)
+{
+	return level == 1 || (level <= LEAF_MAX_LEVEL && (entry & PTE_PS));
+}
+
+struct pt_walk pt_walk_to(const struct pt_view *view, uint64_t va, unsigned stop_level)
+{
+	if (!va_is_canonical(va, paging_levels))
+		return (struct pt_walk){.stop = PT_NON_CANONICAL};
+	uint64_t entry = 0;
+	for (unsigned level = paging_levels;; level--) {
+		volatile uint64_t *slot = entry_slot(view, level, va, entry);
+		entry = *slot;
+		struct pt_walk walk = {PT_TABLE, level, entry, slot};
+		if (!(entry & PTE_P))
+			walk.stop = PT_NOT_PRESENT;
+		else if (is_leaf(entry, level))
+			walk.stop = PT_LEAF;
+		if (walk.stop != PT_TABLE || level == stop_level)
+			return walk;
+	}
+}
+
+static NORETURN void unexpected_entry(volatile uint64_t *slot, uint64_t entry)
+{
+	KeBugCheckEx(MEMORY_MANAGEMENT, MM_CORRUPTED_PTE, (uint64_t)slot, entry, 0);
+}
+
+/* Installs a zeroed table under the empty slot at level; false when no frame is left. */
+static bool install_table(const struct pt_view *view, volatile uint64_t *slot, unsigned level, uint64_t va)
+{
+	pfn_t pfn = frame_alloc(PFN_PAGE_TABLE);
+	if (pfn == PFN_NONE)
+		return false;
+	uint64_t table_pa = pfn << PAGE_SHIFT;
+	*slot = pte_table(table_pa);
+	void *table = phys_to_virt(table_pa);
+	if (view->live) {
+		/* The new table appears in the self-map; no stale translation can exist, flush anyway. */
+		uint64_t table_va = selfmap_entry_address(level - 1, va) & ~PAGE_OFFSET_MASK;
+		invlpg(table_va);
+		table = (void *)table_va;
+	}
+	memset(table, 0, PAGE_SIZE);
+	return true;
+}
+
+struct tlb_flush pt_set(const struct pt_view *view, uint64_t va, unsigned level, uint64_t entry)
+{
+	uint64_t parent = 0;
+	for (unsigned l = paging_levels; l > level; l--) {
+		volatile uint64_t *slot = entry_slot(view, l, va, parent);
+		if (!(*slot & PTE_P) && !install_table(view, slot, l, va))
+			return (struct tlb_flush){.changed = false};
+		parent = *slot;
+		if (is_leaf(parent, l))
+			unexpected_entry(slot, parent);
+	}
+	volatile uint64_t *slot = entry_slot(view, level, va, parent);
+	if (*slot & PTE_P)
+		unexpected_entry(slot, *slot);
+	*slot = entry;
+	return (struct tlb_flush){.va = va, .changed = true, .live = view->live};
+}
+
+struct tlb_flush pt_clear(const struct pt_view *view, uint64_t va, uint64_t *old_entry)
+{
+	struct pt_walk walk = pt_walk(view, va);
+	if (walk.stop != PT_LEAF)
+		unexpected_entry(walk.slot, walk.entry);
+	*walk.slot = 0;
+	*old_entry = walk.entry;
+	return (struct tlb_flush){.va = va, .changed = true, .live = view->live};
+}
+
+/* One INVLPG drops the translation of the whole page containing va, whatever its size. */
+void tlb_flush(struct tlb_flush token)
+{
+	if (token.changed && token.live)
+		invlpg(token.va);
+}
+
+uint64_t pte_kernel_leaf(uint64_t pa, unsigned level, enum protection protection)
+{
+	uint64_t entry = pa | PTE_P | PTE_A | PTE_D;
+	if (level > 1)
+		entry |= PTE_PS;
+	if (cpu.pge)
+		entry |= PTE_G;
+	if (protection == PROT_READ_WRITE || protection == PROT_READ_WRITE_EXECUTE)
+		entry |= PTE_RW;
+	if (cpu.nx && (protection == PROT_READ || protection == PROT_READ_WRITE))
+		entry |= PTE_NX;
+	return entry;
+}
+
+uint64_t pte_table(uint64_t table_pa)
+{
+	return table_pa | PTE_P | PTE_RW | PTE_A;
+}
+
+uint64_t pte_selfmap(uint64_t root_pa)
+{
+	return pte_table(root_pa) | (cpu.nx ? PTE_NX : 0);
+}

@@ -1,0 +1,215 @@
+"""The `mmhil` command: configs, build, run, shell, bench."""
+
+from __future__ import annotations
+
+import argparse
+import cmd
+import shlex
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+from harness import bench
+from harness.agent.codec import decode_value, encode_value
+from harness.build import REPO_ROOT, build_kernel
+from harness.config import DEFAULT_CONFIG_DIR, VmConfig, load_configs, select_configs
+from harness.errors import AgentError, GuestCrash, MmhilError
+from harness.guest import pool_tag
+from harness.probe import probe, qemu_version
+from harness.vm import Vm
+
+
+def _configs(args: argparse.Namespace) -> list[VmConfig]:
+    available = load_configs(Path(args.config_dir))
+    names = [n for option in args.vm_config or [] for n in option.split(",") if n]
+    chosen = select_configs(available, names) if names else list(available.values())
+    accel = getattr(args, "accel", None)
+    return [replace(c, accelerator=accel) if accel else c for c in chosen]
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    print(f"QEMU {qemu_version()}; configs in {args.config_dir}")
+    for config in _configs(args):
+        result = probe(config)
+        state = f"runnable on {result.accelerator}" if result.runnable else "NOT runnable"
+        print(f"{config.name:14} {config.machine:8} {config.paging_levels}-level {config.memory_mib:>6} MiB "
+              f"cpu={config.cpu}  {state}: {result.reason}")
+        if config.description:
+            print(f"{'':14} {config.description}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    kernel = build_kernel()
+    print(f"{kernel.path} (build {kernel.build_id})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the bundled VM tests against configs and print pytest's summary."""
+    pytest_args = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "vm"), "-rfEs", "-p", "no:cacheprovider"]
+    for config in _configs(args):
+        pytest_args += ["--vm-config", config.name]
+    if args.accel:
+        pytest_args += ["--vm-accel", args.accel]
+    if args.jobs:
+        pytest_args += ["-n", args.jobs]
+    print("running:", shlex.join(pytest_args), flush=True)
+    return subprocess.call(pytest_args, cwd=REPO_ROOT)
+
+
+def _boot_one(args: argparse.Namespace, artifacts: Path) -> Vm:
+    configs = _configs(args)
+    if len(configs) != 1:
+        raise MmhilError(f"choose one config with --vm-config (have: {', '.join(c.name for c in configs)})")
+    result = probe(configs[0])
+    if not result.runnable:
+        raise MmhilError(f"{configs[0].name} cannot run here: {result.reason}")
+    kernel = build_kernel()
+    vm = Vm(configs[0], kernel=kernel, accelerator=result.accelerator, artifacts=artifacts)
+    return vm.boot()
+
+
+class Shell(cmd.Cmd):
+    intro = ("Type agent commands, e.g. `MmGetPhysicalAddress 0xfffff80000201000` or `kernel_info`.\n"
+             "Values: 0x hex, decimal, #hexbytes, 'Tag1' (a pool tag). Monitor: `.gva2gpa VA`, `.xp PA N`, "
+             "`.regs`. Leave with `.quit` or Ctrl-D.")
+
+    def __init__(self, vm: Vm) -> None:
+        super().__init__()
+        self.vm = vm
+        self.finished = False
+        self.prompt = f"mmhil:{vm.name}> "
+
+    @staticmethod
+    def _value(token: str) -> int | bytes:
+        if len(token) >= 3 and token[0] == token[-1] == "'":
+            return pool_tag(token[1:-1])
+        value = decode_value(token)
+        if isinstance(value, bool | str):
+            raise ValueError(f"{token!r}: requests take integers, #bytes or 'tags'")
+        return value
+
+    def postcmd(self, stop: bool, line: str) -> bool:
+        return self.finished
+
+    def default(self, line: str) -> None:
+        if line == "EOF":
+            print()
+            self.finished = True
+            return
+        tokens = line.split()
+        if tokens[0].startswith("."):
+            self.finished = self._monitor(tokens)
+            return
+        try:
+            values = self.vm.request(tokens[0], *(self._value(t) for t in tokens[1:]))
+        except ValueError as exc:
+            print(f"error: {exc}")
+            return
+        except AgentError as exc:
+            print(f"err {exc.kind}: {exc.message}")
+            return
+        except GuestCrash as exc:
+            print(exc)
+            self.finished = True
+            return
+        print(" ".join(f"{k}={encode_value(v)}" for k, v in values.items()) or "ok")
+
+    def _monitor(self, tokens: list[str]) -> bool:
+        command, rest = tokens[0], tokens[1:]
+        try:
+            if command == ".quit":
+                return True
+            if command == ".gva2gpa" and len(rest) == 1:
+                pa = self.vm.qemu.gva2gpa(int(rest[0], 0))
+                print("Unmapped" if pa is None else f"pa={pa:#x}")
+            elif command == ".xp" and len(rest) == 2:
+                print(" ".join(f"{v:#018x}" for v in self.vm.qemu.xp(int(rest[0], 0), int(rest[1], 0))))
+            elif command == ".regs":
+                print(" ".join(f"{k}={v:#x}" for k, v in self.vm.qemu.registers().items()))
+            else:
+                print("monitor commands: .gva2gpa VA | .xp PA COUNT | .regs | .quit")
+        except (ValueError, MmhilError) as exc:
+            print(f"error: {exc}")
+        return False
+
+    def emptyline(self) -> bool:
+        return False  # unlike cmd's default, an empty line does not repeat the last command
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="mmhil-shell-") as scratch:
+        artifacts = Path(args.artifacts) if args.artifacts else Path(scratch)
+        vm = _boot_one(args, artifacts)
+        try:
+            print(f"{vm.name}: booted on {vm.accelerator} in {(vm.boot_seconds or 0) * 1e3:.0f} ms; "
+                  f"console log {vm.machine.console_log}")
+            Shell(vm).cmdloop()
+        finally:
+            vm.shutdown()
+    return 0
+
+
+def cmd_bench_boot(args: argparse.Namespace) -> int:
+    kernel = build_kernel()
+    print(f"boot-to-agent-ready vs. QEMU's floor (`-M <machine> -S`, quit), {args.boots} runs each, QEMU "
+          f"{qemu_version()}")
+    print(f"{'config':14} {'accel':5} {'boot median':>12} {'floor median':>13} {'ratio':>6}  spread")
+    with tempfile.TemporaryDirectory(prefix="mmhil-bench-") as scratch:
+        for config in _configs(args):
+            result = probe(config)
+            if not result.runnable:
+                print(f"{config.name:14} skipped: {result.reason}")
+                continue
+            accel = result.accelerator
+            floor = bench.repeat(partial(bench.floor_run, config, accel), args.boots)
+            boots = bench.repeat(partial(bench.boot_run, config, kernel, accel, Path(scratch) / config.name),
+                                 args.boots)
+            print(f"{config.name:14} {accel:5} {boots.median * 1e3:9.1f} ms {floor.median * 1e3:10.1f} ms "
+                  f"{boots.median / floor.median:6.2f}  boot {boots.spread()}; floor {floor.spread()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmhil", description=__doc__)
+    parser.add_argument("--config-dir", default=str(DEFAULT_CONFIG_DIR), help="where the VM configs are")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_configs(p: argparse.ArgumentParser, accel: bool = True) -> argparse.ArgumentParser:
+        p.add_argument("--vm-config", action="append", metavar="NAME",
+                       help="config name or group:G (repeatable; default: all)")
+        if accel:
+            p.add_argument("--accel", choices=("tcg", "kvm", "auto"), help="override the configs' accelerator")
+        return p
+
+    with_configs(sub.add_parser("configs", help="list VM configs and whether this host can run them"),
+                 ).set_defaults(func=cmd_configs)
+    sub.add_parser("build", help="build the guest kernel").set_defaults(func=cmd_build)
+    run = with_configs(sub.add_parser("run", help="boot configs and run the bundled VM tests on them"))
+    run.add_argument("-n", "--jobs", help="parallel workers (pytest-xdist), e.g. auto")
+    run.set_defaults(func=cmd_run)
+    shell = with_configs(sub.add_parser("shell", help="boot a VM and type agent commands at it"))
+    shell.add_argument("--artifacts", help="keep the VM's logs here")
+    shell.set_defaults(func=cmd_shell)
+    bench_parser = sub.add_parser("bench", help="measurements, each beside its reference")
+    bench_sub = bench_parser.add_subparsers(dest="bench", required=True)
+    boot = with_configs(bench_sub.add_parser("boot", help="boot-to-agent-ready against QEMU's floor"))
+    boot.add_argument("--boots", type=int, default=10, help="runs per config (default 10)")
+    boot.set_defaults(func=cmd_bench_boot)
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MmhilError as exc:
+        print(f"mmhil: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""QEMU's own view of the guest, through QMP and HMP: answers the agent did not compute.
+
+`gva2gpa` walks the page tables in guest RAM from the vCPU's CR3 (qemu-facts.md), `xp` reads guest
+physical memory, `info registers` is the only source of CR0/CR3/CR4/EFER.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness.errors import InfrastructureError
+from harness.qmp import QmpChannel
+
+_GPA = re.compile(r"gpa:\s*(0x[0-9a-fA-F]+|0)\b")
+_XP_LINE = re.compile(r"^[0-9a-fA-F]+:((?:\s+0x[0-9a-fA-F]+)+)\s*$")
+_REGISTER = re.compile(r"\b(CR0|CR2|CR3|CR4|EFER|RIP|RSP)=([0-9a-fA-F]+)")
+
+_XP_UNITS = {1: "b", 2: "h", 4: "w", 8: "g"}
+
+
+class QemuMonitor:
+    def __init__(self, qmp: QmpChannel, scratch_dir: Path) -> None:
+        self._qmp = qmp
+        self.scratch_dir = scratch_dir
+
+    def hmp(self, command_line: str, timeout: float = 10.0) -> str:
+        return self._qmp.hmp(command_line, timeout)
+
+    def command(self, name: str, **arguments: object) -> object:
+        return self._qmp.command(name, arguments)
+
+    def _select_cpu(self, cpu: int) -> None:
+        if cpu:
+            self.hmp(f"cpu {cpu}")
+
+    def gva2gpa(self, va: int, cpu: int = 0) -> int | None:
+        """QEMU's translation of `va` on `cpu`, or None where QEMU reports it unmapped."""
+        self._select_cpu(cpu)
+        output = self.hmp(f"gva2gpa {va:#x}")
+        match = _GPA.search(output)
+        if match:
+            return int(match.group(1), 16)
+        if "Unmapped" in output:
+            return None
+        raise InfrastructureError(f"unexpected gva2gpa output for {va:#x}: {output!r}")
+
+    def xp(self, pa: int, count: int, unit: int = 8) -> list[int]:
+        """`count` little-endian values of `unit` bytes at guest-physical `pa`."""
+        if unit not in _XP_UNITS:
+            raise ValueError(f"xp unit must be 1, 2, 4 or 8 bytes, not {unit}")
+        output = self.hmp(f"xp /{count}{_XP_UNITS[unit]}x {pa:#x}")
+        values = [int(v, 16) for line in output.splitlines() if (m := _XP_LINE.match(line.strip()))
+                  for v in m.group(1).split()]
+        if len(values) != count:
+            raise InfrastructureError(f"xp at {pa:#x} gave {len(values)} values, wanted {count}: {output!r}")
+        return values
+
+    def registers(self, cpu: int = 0) -> dict[str, int]:
+        """CR0, CR2, CR3, CR4, EFER, RIP and RSP of one vCPU, from HMP `info registers`."""
+        self._select_cpu(cpu)
+        output = self.hmp("info registers")
+        found = {name: int(value, 16) for name, value in _REGISTER.findall(output)}
+        missing = {"CR0", "CR3", "CR4", "EFER"} - found.keys()
+        if missing:
+            raise InfrastructureError(f"info registers lacks {sorted(missing)}: {output[:500]!r}")
+        return found
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        """Freeze the vCPUs for a consistent multi-step read, then let them run again."""
+        self.command("stop")
+        try:
+            yield
+        finally:
+            self.command("cont")

@@ -1,0 +1,172 @@
+"""A synchronous QMP channel on top of qemu.qmp's asyncio QMPClient.
+
+The client runs in its own event-loop thread, so callers on any thread get plain blocking calls with
+timeouts. Every event QEMU sends is recorded (none is dropped) and every command, reply and event is
+written to the VM's QMP log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from qemu.qmp import EventListener, ExecuteError, Message, QMPClient, QMPError
+
+from harness.errors import InfrastructureError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class QmpEvent:
+    name: str
+    data: dict[str, Any]
+    timestamp: float  # host time.monotonic() when recorded
+
+
+class QmpCommandError(InfrastructureError):
+    """QEMU answered a command with an error."""
+
+    def __init__(self, command: str, error_class: str, description: str) -> None:
+        self.command = command
+        self.error_class = error_class
+        self.description = description
+        super().__init__(f"QMP {command} failed: {error_class}: {description}")
+
+
+class _Recorder(EventListener):
+    """Takes every event as it arrives, before any queue, so nothing can be dropped."""
+
+    def __init__(self, channel: QmpChannel) -> None:
+        super().__init__()
+        self._channel = channel
+
+    def accept(self, event: Message) -> bool:
+        self._channel._record(event)
+        return False
+
+
+class QmpChannel:
+    def __init__(self, vm_name: str, log_path: Path) -> None:
+        self.vm_name = vm_name
+        self._log: TextIO = log_path.open("a", encoding="utf-8")
+        self._log_lock = threading.Lock()
+        self._events: list[QmpEvent] = []
+        self._events_changed = threading.Condition()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"qmp-{vm_name}", daemon=True)
+        self._thread.start()
+        self._client: QMPClient | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _run(self, make: Callable[[], Coroutine[Any, Any, T]], timeout: float, what: str) -> T:
+        if self._loop.is_closed():
+            raise InfrastructureError(f"{self.vm_name}: QMP channel is closed; cannot {what}")
+        future = asyncio.run_coroutine_threadsafe(make(), self._loop)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise InfrastructureError(f"{self.vm_name}: QMP {what} got no answer within {timeout:g} s") from None
+
+    def _write_log(self, direction: str, payload: object) -> None:
+        line = json.dumps(payload, default=str, sort_keys=True)
+        with self._log_lock:
+            if not self._log.closed:
+                self._log.write(f"{time.time():.6f} {direction} {line}\n")
+                self._log.flush()
+
+    def _record(self, message: Message) -> None:
+        data = message.get("data")
+        event = QmpEvent(str(message["event"]), dict(data) if isinstance(data, dict) else {}, time.monotonic())
+        self._write_log("event", dict(message))
+        with self._events_changed:
+            self._events.append(event)
+            self._events_changed.notify_all()
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def connect(self, sock: socket.socket, timeout: float) -> None:
+        """Negotiate QMP over an already-connected socket (one end of a socketpair)."""
+
+        async def connect() -> None:
+            client = QMPClient(self.vm_name)
+            client.register_listener(_Recorder(self))
+            await client.connect(sock)
+            self._client = client
+
+        try:
+            self._run(connect, timeout, "connect")
+        except QMPError as exc:
+            raise InfrastructureError(f"{self.vm_name}: QMP handshake failed: {exc}") from exc
+
+    def command(self, name: str, arguments: Mapping[str, object] | None = None, timeout: float = 10.0) -> object:
+        client = self._client
+        if client is None:
+            raise InfrastructureError(f"{self.vm_name}: QMP is not connected; cannot run {name}")
+        self._write_log("send", {"execute": name, "arguments": arguments or {}})
+
+        async def execute() -> object:
+            return await client.execute(name, arguments)
+
+        try:
+            result = self._run(execute, timeout, name)
+        except ExecuteError as exc:
+            self._write_log("error", {"execute": name, "error": str(exc)})
+            raise QmpCommandError(name, exc.error_class, str(exc)) from exc
+        except QMPError as exc:
+            self._write_log("error", {"execute": name, "error": str(exc)})
+            raise InfrastructureError(f"{self.vm_name}: QMP {name} failed: {exc}") from exc
+        self._write_log("reply", {"execute": name, "return": result})
+        return result
+
+    def hmp(self, command_line: str, timeout: float = 10.0) -> str:
+        """Run a human-monitor command and return its text output."""
+        output = self.command("human-monitor-command", {"command-line": command_line}, timeout)
+        if not isinstance(output, str):
+            raise InfrastructureError(f"{self.vm_name}: HMP {command_line!r} returned {output!r}")
+        return output
+
+    @property
+    def events(self) -> list[QmpEvent]:
+        """Every event received so far, oldest first."""
+        with self._events_changed:
+            return list(self._events)
+
+    def wait_event(self, name: str, timeout: float, since: int = 0) -> QmpEvent | None:
+        """The first event called `name` at index >= since, waiting up to `timeout`; None if none came."""
+        deadline = time.monotonic() + timeout
+        with self._events_changed:
+            while True:
+                for event in self._events[since:]:
+                    if event.name == name:
+                        return event
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._events_changed.wait(remaining)
+
+    def close(self) -> None:
+        """Disconnect and stop the event-loop thread. Safe to call more than once."""
+        if self._loop.is_closed():
+            return
+        client = self._client
+        if client is not None:
+            # QEMU may be gone already; there is nothing left to say to it then.
+            with contextlib.suppress(InfrastructureError, QMPError, OSError, EOFError):
+                self._run(client.disconnect, 5.0, "disconnect")
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5.0)
+        self._loop.close()
+        with self._log_lock:
+            self._log.close()

@@ -1,0 +1,252 @@
+"""A booted mmhil VM: the QEMU process, its three channels, the guest's DDIs and QEMU's own view.
+
+    with Vm(config, kernel=..., artifacts=...) as vm:       # boots; shuts down on exit
+        pa = vm.mm.MmGetPhysicalAddress(va)                  # the agent's answer
+        assert pa == vm.qemu.gva2gpa(va)                     # QEMU's, computed without the agent
+
+This is the layer that turns what the channels saw into verdicts: a `!bugcheck` frame becomes
+BugCheck, a closed channel becomes QemuDiedError or GuestReset, a silent guest becomes GuestTimeout.
+Each carries the console tail and the log paths, so a failure reads on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import TracebackType
+
+from harness.agent.client import AgentClient, AgentStopped, ChannelClosed, ChannelTimeout
+from harness.agent.codec import PROTOCOL_VERSION, Notice, Value, parse_memory_map
+from harness.build import KernelImage
+from harness.config import VmConfig
+from harness.console import BOOT_COMPLETE, Console, ConsoleBadPattern, ConsoleClosed, ConsoleTimeout
+from harness.errors import (
+    AgentError,
+    BugCheck,
+    BugCheckRecord,
+    GuestReset,
+    GuestTimeout,
+    InfrastructureError,
+    MmhilError,
+    ProtocolError,
+    QemuDiedError,
+)
+from harness.guest import MemoryManager
+from harness.machine import STATUS_BUGCHECK, LaunchPlan, QemuMachine
+from harness.monitor import QemuMonitor
+from harness.pump import Pump
+from harness.verify import Verifier
+
+
+def bugcheck_record(notice: Notice) -> BugCheckRecord:
+    v = notice.values
+
+    def number(key: str) -> int:
+        value = v.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProtocolError(f"bugcheck record without integer '{key}': {v!r}")
+        return value
+
+    def optional(key: str) -> int | None:
+        return number(key) if key in v else None
+
+    name = v.get("name", "")
+    return BugCheckRecord(
+        code=number("code"),
+        parameters=(number("p1"), number("p2"), number("p3"), number("p4")),
+        name=name if isinstance(name, str) else "",
+        rip=number("rip"),
+        cr3=number("cr3"),
+        vector=optional("vector"),
+        error_code=optional("error"),
+        cr2=optional("cr2"),
+    )
+
+
+class Vm:
+    def __init__(self, config: VmConfig, *, kernel: KernelImage, accelerator: str, artifacts: Path,
+                 shared_ram: bool | None = None, gdb_socket: Path | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.kernel = kernel
+        self.accelerator = accelerator
+        self.artifacts = artifacts
+        if shared_ram is None:
+            shared_ram = config.ram_backend != "private"
+        plan = LaunchPlan(kernel=kernel.path, accelerator=accelerator, artifacts=artifacts,
+                          shared_ram=shared_ram, gdb_socket=gdb_socket)
+        self.machine = QemuMachine(config, plan)
+        self.mm = MemoryManager(self)
+        self._console: Console | None = None
+        self._agent: AgentClient | None = None
+        self._monitor: QemuMonitor | None = None
+        self._verifier: Verifier | None = None
+        self._pumps: list[Pump] = []
+        self.hello: dict[str, Value] = {}
+        self.memory_map: list[tuple[int, int, int]] = []
+        self.boot_seconds: float | None = None
+        self.crash: BugCheck | GuestReset | None = None
+        # Generous waits when a person is attached with gdb.
+        self.timeout = 1e6 if gdb_socket else config.timeout
+
+    # -- boot and shutdown ----------------------------------------------------------------------
+
+    def boot(self) -> Vm:
+        machine = self.machine
+        machine.launch(timeout=self.timeout)
+        assert machine.console_socket is not None and machine.agent_socket is not None
+        assert machine.qmp is not None
+        self._pumps = [Pump(machine.console_socket, f"{self.name}-console"),
+                       Pump(machine.agent_socket, f"{self.name}-agent")]
+        self._console = Console(self._pumps[0].read_fd, machine.console_log)
+        self._agent = AgentClient(machine.agent_socket, self._pumps[1].read_fd, machine.agent_log)
+        self._monitor = QemuMonitor(machine.qmp, machine.runtime_dir)
+        machine.resume()
+        try:
+            self._console.expect(BOOT_COMPLETE, self.timeout)
+            hello = self._agent.wait_notice("hello", self.timeout)
+        except MmhilError as exc:
+            raise self._verdict(exc, "the agent's hello") from exc
+        self.boot_seconds = time.monotonic() - machine.launched_at
+        self._check_hello(hello)
+        # Boot happens once: the banner again means the machine reset under us.
+        self._console.forbid("unexpected reboot", BOOT_COMPLETE)
+        return self
+
+    def _check_hello(self, hello: Notice) -> None:
+        self.hello = hello.values
+        if hello.values.get("proto") != PROTOCOL_VERSION:
+            raise ProtocolError(f"{self.name}: agent speaks protocol {hello.values.get('proto')!r}, "
+                                f"the harness speaks {PROTOCOL_VERSION}")
+        if hello.values.get("build") != self.kernel.build_id:
+            raise InfrastructureError(f"{self.name}: the guest runs build {hello.values.get('build')!r}, "
+                                      f"but {self.kernel.path} is build {self.kernel.build_id!r}")
+        if hello.values.get("paging") != self.config.paging_levels:
+            raise InfrastructureError(
+                f"{self.name}: the config asks for {self.config.paging_levels}-level paging but the kernel "
+                f"runs {hello.values.get('paging')!r}-level (console: {self.machine.console_log})")
+        mem = hello.values.get("mem")
+        self.memory_map = parse_memory_map(mem) if isinstance(mem, str) else []
+
+    def shutdown(self) -> int | None:
+        if self._verifier is not None:
+            self._verifier.close()
+            self._verifier = None
+        for pump in self._pumps:
+            pump.close()
+        status = self.machine.shutdown()
+        if self._agent is not None:
+            self._agent.close()
+        if self._console is not None:
+            self._console.close()
+        return status
+
+    def __enter__(self) -> Vm:
+        try:
+            return self.boot()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.shutdown()
+
+    # -- channels -------------------------------------------------------------------------------
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            raise InfrastructureError(f"{self.name}: not booted")
+        return self._console
+
+    @property
+    def agent(self) -> AgentClient:
+        if self._agent is None:
+            raise InfrastructureError(f"{self.name}: not booted")
+        return self._agent
+
+    @property
+    def qemu(self) -> QemuMonitor:
+        """QEMU's own answers (gva2gpa, xp, registers), computed without the agent."""
+        if self._monitor is None:
+            raise InfrastructureError(f"{self.name}: not booted")
+        return self._monitor
+
+    @property
+    def verify(self) -> Verifier:
+        """Page-table checks against guest RAM and QEMU's walker (harness.verify)."""
+        if self._monitor is None:
+            raise InfrastructureError(f"{self.name}: not booted")
+        if self._verifier is None:
+            self._verifier = Verifier(self)
+        return self._verifier
+
+    @property
+    def alive(self) -> bool:
+        return self.crash is None and self.machine.running
+
+    def request(self, command: str, *args: int | bytes, timeout: float | None = None) -> dict[str, Value]:
+        """One agent request; its values, or the verdict on what happened instead."""
+        if self.crash is not None:
+            raise self.crash
+        try:
+            response = self.agent.call(command, *args, timeout=timeout or self.timeout)
+        except MmhilError as exc:
+            raise self._verdict(exc, f"the answer to {command}") from exc
+        if not response.ok:
+            raise AgentError(self.name, command, response.error_kind, response.error_message)
+        return response.values
+
+    # -- verdicts -------------------------------------------------------------------------------
+
+    def console_tail(self, lines: int = 25) -> str:
+        return self._console.tail(lines) if self._console else ""
+
+    def _verdict(self, exc: MmhilError, waiting_for: str) -> MmhilError:
+        """Turn a channel-level event into the error a test should see."""
+        if isinstance(exc, AgentStopped):
+            return self._crashed(bugcheck_record(exc.notice))
+        if isinstance(exc, ConsoleBadPattern) and self._agent is not None:
+            # The console showed the STOP screen; the structured record follows on the agent channel.
+            try:
+                self._agent.wait_notice("bugcheck", 2.0)
+            except AgentStopped as stopped:
+                return self._crashed(bugcheck_record(stopped.notice))
+            except MmhilError:
+                pass
+            return GuestReset(self.name, f"console showed {exc.name}: {exc.text}", self.console_tail())
+        if isinstance(exc, ChannelClosed | ConsoleClosed):
+            return self._ended()
+        if isinstance(exc, ChannelTimeout | ConsoleTimeout):
+            if not self.machine.running:
+                return self._ended()
+            return GuestTimeout(self.name, waiting_for, self.timeout, self.console_tail(), self.machine.console_log)
+        return exc
+
+    def _crashed(self, record: BugCheckRecord) -> BugCheck:
+        self.machine.wait_exit(5.0)  # the kernel ends QEMU itself (isa-debug-exit) right after the record
+        self.machine.shutdown(grace=2.0)
+        self.crash = BugCheck(self.name, record, self.console_tail(), self.machine.console_log)
+        return self.crash
+
+    def _ended(self) -> MmhilError:
+        """QEMU closed a channel: find out why it ended."""
+        machine = self.machine
+        deadline = time.monotonic() + 5.0
+        while machine.running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status = machine.exit_status
+        events = machine.qmp.events if machine.qmp else []
+        reset = next((e for e in events if e.name == "SHUTDOWN" and e.data.get("reason") == "guest-reset"), None)
+        if reset is not None or any(e.name == "RESET" for e in events):
+            self.crash = GuestReset(self.name, "QEMU reported a guest reset", self.console_tail())
+            machine.shutdown(grace=1.0)
+            return self.crash
+        if status == STATUS_BUGCHECK and self._agent is not None:
+            notice = next((n for n in self._agent.notices if n.kind == "bugcheck"), None)
+            if notice is not None:
+                return self._crashed(bugcheck_record(notice))
+        error = QemuDiedError(self.name, status, machine.stderr_tail(), self.console_tail())
+        machine.shutdown(grace=1.0)
+        return error

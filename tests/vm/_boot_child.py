@@ -1,0 +1,35 @@
+"""Boots one VM in a child process for the hygiene tests, reports what it holds, then waits to be ended.
+
+usage: python _boot_child.py CONFIG ACCELERATOR ARTIFACTS (exit|wait)
+"""
+
+import json
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+from harness.build import current_kernel
+from harness.config import load_configs
+from harness.machine import SHM_DIR
+from harness.vm import Vm
+
+
+def main() -> None:
+    name, accelerator, artifacts, mode = sys.argv[1:5]
+    with Vm(load_configs()[name], kernel=current_kernel(), accelerator=accelerator, artifacts=Path(artifacts)) as vm:
+        ram_fd = vm.machine.shared_ram_fd
+        report = {
+            "qemu_pid": vm.machine.pid,
+            "runtime_dir": str(vm.machine.runtime_dir),
+            "ram_mode": None if ram_fd is None else stat.S_IMODE(os.fstat(ram_fd).st_mode),
+            "shm_names": sorted(p.name for p in SHM_DIR.glob(f"mmhil-{os.getpid()}-*")),
+        }
+        print(json.dumps(report), flush=True)
+        if mode == "wait":
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
