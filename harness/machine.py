@@ -208,6 +208,10 @@ class QemuMachine:
         console_host, console_qemu = socket.socketpair()
         agent_host, agent_qemu = socket.socketpair()
         qemu_ends = [qmp_qemu, console_qemu, agent_qemu]
+        for serial_end in (console_qemu, agent_qemu):
+            # QEMU's UART writes a byte at a time and a Unix socket charges each write a whole
+            # buffer's overhead; a large send buffer keeps bursts from hitting EAGAIN.
+            serial_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         pass_fds = [s.fileno() for s in qemu_ends]
         ram_path = None
         if self.plan.shared_ram:

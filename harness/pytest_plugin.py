@@ -6,6 +6,10 @@ stopped, in which case the next test gets a fresh VM. A config this host cannot 
 the probe's reason; a config whose VM failed to come up skips its remaining tests instead of letting
 each of them time out.
 
+Tests run grouped by config (and, under pytest-xdist's `--dist loadgroup`, one config per worker
+at a time), and a worker keeps a single VM running: the agent polls its UART, so an idle VM still
+costs a host core.
+
 Options: --vm-config NAME (repeatable; NAME may be group:G), --vm-accel tcg|kvm|auto,
 --vm-artifacts DIR. Marker: @pytest.mark.requires("la57", memory_gib=6, paging=5, accelerator="tcg").
 """
@@ -83,8 +87,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for vm_config in _selected_configs(metafunc.config):
         reason = _unmet(vm_config, marker)
         marks = [pytest.mark.skip(reason=reason)] if reason else []
-        params.append(pytest.param(vm_config, id=vm_config.name, marks=[*marks, pytest.mark.vm]))
+        # One xdist group per config: a config's tests share a worker, and so its booted VM.
+        marks += [pytest.mark.vm, pytest.mark.xdist_group(vm_config.name)]
+        params.append(pytest.param(vm_config, id=vm_config.name, marks=marks))
     metafunc.parametrize("vm_config", params, indirect=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run a config's tests back to back, so each worker keeps one VM busy instead of rebooting."""
+
+    def config_of(item: pytest.Item) -> str:
+        callspec = getattr(item, "callspec", None)
+        config = callspec.params.get("vm_config") if callspec else None
+        return config.name if isinstance(config, VmConfig) else ""
+
+    items.sort(key=config_of)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -136,7 +153,9 @@ class VmPool:
             pytest.skip(f"VM {vm_config.name} failed to come up earlier in this run: {slot.bring_up_error}")
         if slot.vm is not None and slot.vm.alive:
             return slot, slot.vm
-        self.discard(vm_config.name)
+        # A polled guest keeps a host core busy even when idle: keep one VM per worker running.
+        for name in list(self.slots):
+            self.discard(name)
         result = probe(vm_config)
         if not result.runnable:
             slot.bring_up_error = result.reason

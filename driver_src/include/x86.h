@@ -2,7 +2,6 @@
 #pragma once
 #include "const.h"
 
-#define CR0_PE BIT(0)
 #define CR0_WP BIT(16) /* supervisor writes honour read-only pages */
 #define CR0_PG BIT(31)
 #define CR4_PAE BIT(5)

@@ -79,7 +79,8 @@ def test_empty_directory_is_an_error(tmp_path: Path) -> None:
 def test_shipped_configs_cover_the_matrix_the_project_promises() -> None:
     configs = load_configs(DEFAULT_CONFIG_DIR)
     default = configs["default"]
-    assert (default.machine, default.accelerator, default.paging_levels, default.memory_mib) == ("microvm", "tcg", 4, 256)
+    assert (default.machine, default.accelerator) == ("microvm", "tcg")
+    assert (default.paging_levels, default.memory_mib) == (4, 256)
     assert any(c.paging_levels == 5 for c in configs.values())
     assert any(c.memory_mib > 4096 for c in configs.values())
     assert any(c.cpu.startswith("qemu64") and c.paging_levels == 4 for c in configs.values())

@@ -30,7 +30,8 @@ def test_each_kind_of_bad_request_gets_its_error_kind(vm: Vm) -> None:
         b"7 read_va 0xfffff80000000000 4097\n": (7, "bad-argument"),
         b"hello\n": (None, "malformed"),
         b"0 hello\n": (None, "malformed"),
-        b"8 hello \xff\n": (None, "malformed"),
+        b"8 hello \xff\n": (8, "malformed"),
+        b"\n": (None, "malformed"),
         b"9" + b"1" * (MAX_REQUEST_BYTES + 10) + b"\n": (None, "oversized"),
     }
     for line, (request_id, kind) in cases.items():

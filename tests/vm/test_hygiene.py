@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,12 @@ def wait_gone(pid: int, seconds: float) -> bool:
     return not pid_alive(pid)
 
 
-def start_child(vm_config: VmConfig, tmp_path: Path, mode: str, mmhil_kernel: object) -> tuple[subprocess.Popen[str], dict]:  # type: ignore[type-arg]
+ChildReport = dict[str, Any]
+
+
+def start_child(
+    vm_config: VmConfig, tmp_path: Path, mode: str, mmhil_kernel: object
+) -> tuple[subprocess.Popen[str], ChildReport]:
     result = probe(vm_config)
     if not result.runnable:
         pytest.skip(result.reason)
@@ -63,7 +69,7 @@ def start_child(vm_config: VmConfig, tmp_path: Path, mode: str, mmhil_kernel: ob
     return child, report
 
 
-def assert_nothing_left(child_pid: int, report: dict) -> None:  # type: ignore[type-arg]
+def assert_nothing_left(child_pid: int, report: ChildReport) -> None:
     assert wait_gone(report["qemu_pid"], 15), f"QEMU {report['qemu_pid']} outlived its harness"
     assert not Path(report["runtime_dir"]).exists(), f"{report['runtime_dir']} was left behind"
     assert list(SHM_DIR.glob(f"mmhil-{child_pid}-*")) == []
