@@ -185,6 +185,26 @@ class QemuMachine:
     def command_line(self) -> str:
         return shlex.join([self.binary, *self.args])
 
+    def repro_script(self) -> str:
+        """A shell script that starts this VM by hand: console on the terminal, QMP and agent on
+        Unix sockets in the current directory, guest RAM private (no /dev/shm file)."""
+        args = qemu_arguments(
+            self.config, self.plan,
+            qmp="socket,path=qmp.sock,server=on,wait=off",
+            console="stdio",
+            agent="socket,path=agent.sock,server=on,wait=off",
+            ram_path=None,
+        )
+        args = [a for a in args if a != "-S"]
+        return (
+            "#!/bin/sh\n"
+            f"# Starts VM config '{self.config.name}' ({self.config.source}) as the test run did.\n"
+            "# Console: this terminal; Ctrl-C ends QEMU.\n"
+            "# QMP: ./qmp.sock   agent (docs/agent-protocol.md): ./agent.sock, e.g. `socat - UNIX:agent.sock`\n"
+            'cd "$(dirname "$0")" && rm -f qmp.sock agent.sock\n'
+            f"exec {shlex.join([self.binary, *args])}\n"
+        )
+
     # -- launch ---------------------------------------------------------------------------------
 
     def _make_runtime_dir(self) -> Path:

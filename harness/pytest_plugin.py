@@ -10,27 +10,47 @@ Tests run grouped by config (and, under pytest-xdist's `--dist loadgroup`, one c
 at a time), and a worker keeps a single VM running: the agent polls its UART, so an idle VM still
 costs a host core.
 
+Outcomes: besides pass, fail and skip, a VM test can end as TIMEOUT (GuestTimeout), CRASHED (an
+uncaught BugCheck or reset) or INFRA (InfrastructureError: QEMU died, refused to start...). They are
+counted apart in the terminal summary and carried in JUnit XML as the property `mmhil.outcome`,
+next to `mmhil.config`, `mmhil.accelerator`, `mmhil.qemu` and `mmhil.kernel_build`. An INFRA
+outcome is retried once on a fresh VM; a failure never is.
+
+Each failing VM test gets a folder in the artifacts with the console, QMP and agent logs, QEMU's
+stderr, a page-table dump and `repro.sh`, which starts the same VM by hand.
+
 Options: --vm-config NAME (repeatable; NAME may be group:G), --vm-accel tcg|kvm|auto,
---vm-artifacts DIR. Marker: @pytest.mark.requires("la57", memory_gib=6, paging=5, accelerator="tcg").
+--vm-artifacts DIR, --shard I/N, --gdb. Marker:
+@pytest.mark.requires("la57", memory_gib=6, paging=5, accelerator="tcg").
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import pytest
+from _pytest.runner import runtestprotocol
 
 from harness.build import REPO_ROOT, KernelImage, build_kernel
 from harness.config import VmConfig, load_configs, select_configs
-from harness.errors import GuestCrash, MmhilError
-from harness.probe import probe
+from harness.errors import GuestCrash, GuestTimeout, InfrastructureError, MmhilError
+from harness.probe import probe, qemu_version
 from harness.vm import Vm
 
-_REPORT_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+_OUTCOME = "mmhil.outcome"
+# category, short letter, verbose word: how pytest shows each outcome of ours.
+_STATUS = {
+    "timeout": ("timeout", "T", "TIMEOUT"),
+    "crashed": ("crashed", "C", "CRASHED"),
+    "infra": ("infra", "I", "INFRA"),
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -42,6 +62,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="override every selected config's accelerator")
     group.addoption("--vm-artifacts", default=str(REPO_ROOT / "artifacts"), metavar="DIR",
                     help="where VM logs go (default: artifacts/)")
+    group.addoption("--shard", default=None, metavar="I/N",
+                    help="run shard I of N: configs are dealt out round-robin, tests without a VM go to shard 1")
+    group.addoption("--gdb", action="store_true",
+                    help="start each VM with QEMU's gdbstub, wait for gdb to resume it, and disable timeouts")
+
+
+def _shard(config: pytest.Config) -> tuple[int, int] | None:
+    value = config.getoption("--shard")
+    if value is None:
+        return None
+    match = re.fullmatch(r"(\d+)/(\d+)", value)
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise pytest.UsageError(f"--shard takes I/N with 1 <= I <= N, not {value!r}")
+    return int(match.group(1)), int(match.group(2))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,6 +84,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "requires(*cpu_features, memory_gib=0, paging=None, accelerator=None): run only on VM configs "
         "that provide these",
     )
+    _shard(config)
+    if config.getoption("--gdb") and getattr(config.option, "numprocesses", None):
+        raise pytest.UsageError("--gdb needs a single process: drop -n")
 
 
 def _selected_configs(config: pytest.Config) -> list[VmConfig]:
@@ -93,27 +130,111 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("vm_config", params, indirect=True)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run a config's tests back to back, so each worker keeps one VM busy instead of rebooting."""
+def _config_of(item: pytest.Item) -> VmConfig | None:
+    callspec = getattr(item, "callspec", None)
+    config = callspec.params.get("vm_config") if callspec else None
+    return config if isinstance(config, VmConfig) else None
 
-    def config_of(item: pytest.Item) -> str:
-        callspec = getattr(item, "callspec", None)
-        config = callspec.params.get("vm_config") if callspec else None
-        return config.name if isinstance(config, VmConfig) else ""
 
-    items.sort(key=config_of)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run a config's tests back to back (one VM busy, not many rebooting); keep only this shard's."""
+    items.sort(key=lambda item: c.name if (c := _config_of(item)) else "")
+    shard = _shard(config)
+    if shard is None:
+        return
+    index, count = shard
+    names = sorted({c.name for item in items if (c := _config_of(item))})
+    mine = {name for position, name in enumerate(names) if position % count == index - 1}
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        vm_config = _config_of(item)
+        in_shard = vm_config.name in mine if vm_config else index == 1
+        (keep if in_shard else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+# -- outcomes -----------------------------------------------------------------------------------
+
+
+def _classify(excinfo: pytest.ExceptionInfo[BaseException] | None) -> str | None:
+    if excinfo is None:
+        return None
+    if excinfo.errisinstance(GuestTimeout):
+        return "timeout"
+    if excinfo.errisinstance(GuestCrash):
+        return "crashed"
+    if excinfo.errisinstance(InfrastructureError):
+        return "infra"
+    return None
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
-                                                                                           pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    item.stash.setdefault(_REPORT_KEY, {})[report.when] = report
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    slot = item.stash.get(_SLOT, None)
+    # JUnit XML takes properties from the teardown report, which copies the item's.
+    if report.when == "setup" and slot is not None and slot.vm is not None:
+        vm = slot.vm
+        item.user_properties += [("mmhil.config", vm.name), ("mmhil.accelerator", vm.accelerator),
+                                 ("mmhil.qemu", qemu_version()), ("mmhil.kernel_build", vm.kernel.build_id)]
     if report.failed:
-        slot = item.stash.get(_VM_KEY, None)
+        outcome = _classify(call.excinfo)
+        if outcome:
+            item.user_properties.append((_OUTCOME, outcome))
+            report.user_properties = [*report.user_properties, (_OUTCOME, outcome)]
         if slot is not None:
-            report.sections.append(("mmhil VM", slot.describe()))
+            report.sections.append(("mmhil VM", slot.describe(item)))
     return report
+
+
+def _outcome(report: pytest.TestReport) -> str | None:
+    return next((str(v) for k, v in report.user_properties if k == _OUTCOME), None)
+
+
+def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, str] | None:
+    if str(report.outcome) == "rerun":
+        return "rerun", "R", "RETRIED"
+    outcome = _outcome(report) if report.failed else None
+    return _STATUS[outcome] if outcome else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    """Run a VM test; if it ends in an infrastructure error, run it once more on a fresh VM."""
+    if _config_of(item) is None:
+        return None
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    if any(r.failed and _outcome(r) == "infra" for r in reports):
+        for report in reports:
+            if report.failed:
+                report.sections.append(("mmhil retry", "infrastructure error: retried once on a fresh VM"))
+                report.outcome = "rerun"  # type: ignore[assignment]
+            item.ihook.pytest_runtest_logreport(report=report)
+        item.user_properties[:] = [p for p in item.user_properties if not p[0].startswith("mmhil.")]
+        item._initrequest()  # type: ignore[attr-defined]  # a fresh fixture request for the second run
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    for report in reports:
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    counts = {word: len(terminalreporter.stats.get(category, [])) for category, _, word in _STATUS.values()}
+    reruns = len(terminalreporter.stats.get("rerun", []))
+    if any(counts.values()) or reruns:
+        parts = [f"{n} {word.lower()}" for word, n in counts.items() if n] + ([f"{reruns} retried"] if reruns else [])
+        terminalreporter.write_sep("=", "mmhil: " + ", ".join(parts))
+
+
+# -- VMs ----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -124,27 +245,43 @@ class _Slot:
     bring_up_error: str | None = None
     boots: int = 0
 
-    def describe(self) -> str:
+    def describe(self, item: pytest.Item) -> str:
         vm = self.vm
         if vm is None:
             return self.bring_up_error or "no VM"
         m = vm.machine
+        folder = _save_failure_artifacts(vm, item)
         return (f"config {vm.name} on {vm.accelerator}, QEMU pid {m.pid}, exit status {m.exit_status}\n"
-                f"artifacts: {vm.artifacts}\n"
+                f"artifacts of this failure: {folder} (repro.sh starts the same VM by hand)\n"
                 f"console tail ({m.console_log}):\n{vm.console_tail(30)}\n"
                 f"QEMU stderr ({m.stderr_log}):\n{m.stderr_tail(10) or '(empty)'}\n"
                 f"command line: {m.command_line()}")
 
 
-_VM_KEY = pytest.StashKey[_Slot]()
+_SLOT = pytest.StashKey[_Slot]()
+
+
+def _save_failure_artifacts(vm: Vm, item: pytest.Item) -> Path:
+    folder = vm.artifacts.parent / "failures" / re.sub(r"[^\w.\[\]-]+", "_", item.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    m = vm.machine
+    for log in (m.console_log, m.stderr_log, m.qmp_log, m.agent_log):
+        if log.exists():
+            shutil.copy(log, folder / log.name)
+    (folder / "page-tables.txt").write_text(vm.page_table_dump() + "\n")
+    repro = folder / "repro.sh"
+    repro.write_text(m.repro_script())
+    repro.chmod(0o755)
+    return folder
 
 
 class VmPool:
-    """One worker's VMs, by config name."""
+    """One worker's VMs, by config name; at most one runs at a time."""
 
-    def __init__(self, kernel: KernelImage, artifacts: Path) -> None:
+    def __init__(self, kernel: KernelImage, artifacts: Path, gdb: bool = False) -> None:
         self.kernel = kernel
         self.artifacts = artifacts
+        self.gdb = gdb
         self.slots: dict[str, _Slot] = {}
 
     def get(self, vm_config: VmConfig) -> tuple[_Slot, Vm]:
@@ -160,16 +297,26 @@ class VmPool:
         if not result.runnable:
             slot.bring_up_error = result.reason
             pytest.skip(f"{vm_config.name}: {result.reason}")
-        slot.boots += 1
-        vm = Vm(vm_config, kernel=self.kernel, accelerator=result.accelerator,
-                artifacts=self.artifacts / vm_config.name / f"boot-{slot.boots}")
-        slot.vm = vm
-        try:
-            vm.boot()
-        except (MmhilError, OSError) as exc:
-            slot.bring_up_error = str(exc).splitlines()[0]
-            raise
-        return slot, vm
+        for attempt in (1, 2):
+            slot.boots += 1
+            artifacts = self.artifacts / vm_config.name / f"boot-{slot.boots}"
+            vm = Vm(vm_config, kernel=self.kernel, accelerator=result.accelerator, artifacts=artifacts,
+                    gdb_socket=artifacts / "gdb.sock" if self.gdb else None)
+            vm.on_gdb_wait = partial(_tell_how_to_attach, self.kernel.path)
+            slot.vm = vm
+            try:
+                vm.boot()
+                return slot, vm
+            except InfrastructureError as exc:
+                vm.shutdown()
+                if attempt == 2:
+                    slot.bring_up_error = str(exc).splitlines()[0]
+                    raise
+            except (MmhilError, OSError) as exc:
+                vm.shutdown()
+                slot.bring_up_error = str(exc).splitlines()[0]
+                raise
+        raise AssertionError("unreachable")
 
     def discard(self, name: str) -> None:
         slot = self.slots.get(name)
@@ -182,18 +329,31 @@ class VmPool:
             self.discard(name)
 
 
+def _tell_how_to_attach(kernel: Path, socket_path: Path) -> None:
+    # Straight to the terminal: pytest captures sys.stderr while a test runs.
+    os.write(2, (
+        f"\nmmhil: the VM waits for gdb (timeouts are off). Attach and resume it with:\n"
+        f"  gdb {kernel} -ex 'set architecture i386:x86-64' -ex 'target remote {socket_path}' -ex continue\n"
+    ).encode())
+
+
 @pytest.fixture(scope="session")
 def mmhil_kernel() -> KernelImage:
     """The guest kernel, built once (under a file lock, so once across xdist workers too)."""
     return build_kernel()
 
 
+_cleared_artifacts: list[Path] = []
+
+
 @pytest.fixture(scope="session")
 def vm_pool(request: pytest.FixtureRequest, mmhil_kernel: KernelImage) -> Iterator[VmPool]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     root = Path(request.config.getoption("--vm-artifacts")) / worker
-    shutil.rmtree(root, ignore_errors=True)
-    pool = VmPool(mmhil_kernel, root)
+    if not _cleared_artifacts:  # once per process: a retry may set this fixture up again
+        shutil.rmtree(root, ignore_errors=True)
+        _cleared_artifacts.append(root)
+    pool = VmPool(mmhil_kernel, root, gdb=request.config.getoption("--gdb"))
     yield pool
     pool.close()
 
@@ -208,11 +368,11 @@ def vm_config(request: pytest.FixtureRequest) -> VmConfig:
 def vm(request: pytest.FixtureRequest, vm_pool: VmPool, vm_config: VmConfig) -> Iterator[Vm]:
     """A booted VM of the test's config; shared with later tests unless this one fails or crashes it."""
     slot, machine = vm_pool.get(vm_config)
-    request.node.stash[_VM_KEY] = slot
+    request.node.stash[_SLOT] = slot
     yield machine
-    reports = request.node.stash.get(_REPORT_KEY, {})
+    reports = request.node.stash.get(_REPORTS, {})
     failed = any(r.failed for r in reports.values())
-    if failed or not machine.alive or isinstance(machine.crash, GuestCrash):
+    if failed or not machine.alive:
         vm_pool.discard(vm_config.name)
 
 
@@ -221,7 +381,6 @@ def fresh_vm(request: pytest.FixtureRequest, vm_pool: VmPool, vm_config: VmConfi
     """A VM booted for this test alone (for tests that crash or kill it on purpose)."""
     vm_pool.discard(vm_config.name)
     slot, machine = vm_pool.get(vm_config)
-    request.node.stash[_VM_KEY] = slot
+    request.node.stash[_SLOT] = slot
     yield machine
     vm_pool.discard(vm_config.name)
-

@@ -12,6 +12,7 @@ Each carries the console tail and the log paths, so a failure reads on its own.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -86,8 +87,10 @@ class Vm:
         self.memory_map: list[tuple[int, int, int]] = []
         self.boot_seconds: float | None = None
         self.crash: BugCheck | GuestReset | None = None
-        # Generous waits when a person is attached with gdb.
+        self.gdb_socket = gdb_socket
+        # No time limits while a person steps through the kernel in gdb.
         self.timeout = 1e6 if gdb_socket else config.timeout
+        self.on_gdb_wait: Callable[[Path], None] = lambda socket_path: None
 
     # -- boot and shutdown ----------------------------------------------------------------------
 
@@ -101,7 +104,10 @@ class Vm:
         self._console = Console(self._pumps[0].read_fd, machine.console_log)
         self._agent = AgentClient(machine.agent_socket, self._pumps[1].read_fd, machine.agent_log)
         self._monitor = QemuMonitor(machine.qmp, machine.runtime_dir)
-        machine.resume()
+        if self.gdb_socket is not None:
+            self.on_gdb_wait(self.gdb_socket)  # the person resumes the VM from gdb
+        else:
+            machine.resume()
         try:
             self._console.expect(BOOT_COMPLETE, self.timeout)
             hello = self._agent.wait_notice("hello", self.timeout)
@@ -135,6 +141,8 @@ class Vm:
         for pump in self._pumps:
             pump.close()
         status = self.machine.shutdown()
+        if self.gdb_socket is not None:
+            self.gdb_socket.unlink(missing_ok=True)
         if self._agent is not None:
             self._agent.close()
         if self._console is not None:
@@ -181,6 +189,15 @@ class Vm:
         if self._verifier is None:
             self._verifier = Verifier(self)
         return self._verifier
+
+    def page_table_dump(self) -> str:
+        """The page tables as the host walks them, for a failure report; never raises."""
+        if not self.machine.running:
+            return f"(no page-table dump: QEMU has exited, status {self.machine.exit_status})"
+        try:
+            return self.verify.page_table_dump()
+        except Exception as exc:  # a report must not hide the failure it reports
+            return f"(page-table dump failed: {type(exc).__name__}: {exc})"
 
     @property
     def alive(self) -> bool:

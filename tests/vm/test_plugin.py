@@ -1,0 +1,81 @@
+"""The pytest plugin, seen from outside: a real inner pytest run that boots a real VM."""
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+OUTCOMES_DEMO = """
+from harness.errors import BugCheckRecord, BugCheck, GuestTimeout, InfrastructureError
+
+ATTEMPTS = {"flaky": 0}
+
+def test_passes(vm):
+    assert vm.mm.MmIsAddressValid(vm.mm.kernel_info().text_start)
+
+def test_fails(vm):
+    assert vm.mm.MmGetPhysicalAddress(0) == 1
+
+def test_times_out(vm):
+    raise GuestTimeout(vm.name, "a reply", 1.0, "", None)
+
+def test_crashes(vm):
+    vm.mm.write_va(0xFFFFF98000000000, b"\\x01")
+
+def test_infra_error_passes_on_retry(vm):
+    ATTEMPTS["flaky"] += 1
+    if ATTEMPTS["flaky"] == 1:
+        raise InfrastructureError("transient")
+
+def test_infra_error_twice(vm):
+    raise InfrastructureError("persistent")
+"""
+
+
+def test_six_outcomes_stay_distinct_in_summary_and_junit(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makepyfile(test_demo=OUTCOMES_DEMO)
+    junit = tmp_path / "junit.xml"
+    artifacts = tmp_path / "artifacts"
+    result = pytester.runpytest_subprocess(
+        "--vm-config", "default", f"--junitxml={junit}", f"--vm-artifacts={artifacts}", "-p", "no:cacheprovider",
+        timeout=300,
+    )
+    result.stdout.fnmatch_lines(["*mmhil: 1 timeout, 1 crashed, 1 infra, 2 retried*"])
+    outcomes = result.parseoutcomes()
+    assert (outcomes.get("passed"), outcomes.get("failed")) == (2, 1), outcomes
+
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    def properties(name: str) -> dict[str, str]:
+        return {p.get("name", ""): p.get("value", "") for p in cases[name].iter("property")}
+    assert properties("test_times_out[default]")["mmhil.outcome"] == "timeout"
+    assert properties("test_crashes[default]")["mmhil.outcome"] == "crashed"
+    assert properties("test_infra_error_twice[default]")["mmhil.outcome"] == "infra"
+    assert "mmhil.outcome" not in properties("test_fails[default]")
+    passed = properties("test_passes[default]")
+    assert passed["mmhil.config"] == "default" and passed["mmhil.accelerator"] == "tcg"
+    assert passed["mmhil.kernel_build"] and passed["mmhil.qemu"]
+
+    failure = artifacts / "main" / "default" / "failures" / "test_fails[default]"
+    for name in ("console.log", "qmp.log", "agent.log", "qemu-stderr.log", "page-tables.txt", "repro.sh"):
+        assert (failure / name).is_file(), f"{name} missing from {failure}"
+    assert "0xfffff80000" in (failure / "page-tables.txt").read_text(), "the dump lists the kernel image"
+    assert "qemu-system-x86_64" in (failure / "repro.sh").read_text()
+
+
+def test_shards_deal_out_configs_and_keep_unit_tests_in_shard_one(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_demo="def test_vm(vm): pass\ndef test_plain(): pass\n")
+    seen = []
+    for shard in ("1/2", "2/2"):
+        result = pytester.runpytest_subprocess("--collect-only", "-q", "--shard", shard, "-p", "no:cacheprovider")
+        seen.append({line for line in result.outlines if "::" in line})
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    assert "test_demo.py::test_plain" in seen[0]
+    everything = pytester.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider")
+    assert seen[0] | seen[1] == {line for line in everything.outlines if "::" in line}
+
+
+def test_bad_shard_spec_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_demo="def test_plain(): pass\n")
+    result = pytester.runpytest_subprocess("--shard", "3/2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--shard takes I/N*"])
