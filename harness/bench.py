@@ -25,13 +25,14 @@ class Sample:
     def median(self) -> float:
         return statistics.median(self.values)
 
-    def spread(self) -> str:
-        """Interquartile range and extremes, in milliseconds."""
+    def spread(self, unit: str = "ms") -> str:
+        """Interquartile range and extremes, in milliseconds or seconds."""
         if len(self.values) < 2:
-            return "n/a"
-        q1, _, q3 = statistics.quantiles(self.values, n=4)
-        return (f"IQR {q1 * 1e3:.1f}-{q3 * 1e3:.1f} ms, "
-                f"min {min(self.values) * 1e3:.1f}, max {max(self.values) * 1e3:.1f}")
+            return "spread n/a (one run)"
+        scale = {"ms": 1e3, "s": 1.0}[unit]
+        q1, _, q3 = (q * scale for q in statistics.quantiles(self.values, n=4))
+        low, high = min(self.values) * scale, max(self.values) * scale
+        return f"IQR {q1:.1f}-{q3:.1f} {unit}, min {low:.1f}, max {high:.1f}"
 
 
 def repeat(run: Callable[[], float], times: int) -> Sample:

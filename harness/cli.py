@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import cmd
+import os
 import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -174,6 +176,34 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suite_run(workers: str, extra: list[str]) -> float:
+    command = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests"), "-q", "-p", "no:cacheprovider",
+               "-n", workers, *extra]
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    elapsed = time.monotonic() - start
+    if result.returncode != 0:
+        raise MmhilError(f"the suite failed with -n {workers}; a timing of a failing run means nothing:\n"
+                         + "\n".join(result.stdout.splitlines()[-15:]))
+    return elapsed
+
+
+def cmd_bench_suite(args: argparse.Namespace) -> int:
+    """Wall time of the whole suite on one worker and on all, and the parallel efficiency."""
+    build_kernel()
+    workers = os.cpu_count() or 1
+    extra = [f"--vm-config={c.name}" for c in _configs(args)]
+    print(f"full suite wall time, {args.runs} run(s) each, {workers} cores; efficiency = T(-n 1) / "
+          f"({workers} x T(-n auto))", flush=True)
+    serial = bench.repeat(partial(_suite_run, "1", extra), args.runs)
+    parallel = bench.repeat(partial(_suite_run, "auto", extra), args.runs)
+    print(f"-n 1     median {serial.median:7.1f} s   {serial.spread('s')}")
+    print(f"-n auto  median {parallel.median:7.1f} s   {parallel.spread('s')}")
+    print(f"speed-up {serial.median / parallel.median:.2f}x, parallel efficiency "
+          f"{serial.median / (workers * parallel.median):.2f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmhil", description=__doc__)
     parser.add_argument("--config-dir", default=str(DEFAULT_CONFIG_DIR), help="where the VM configs are")
@@ -200,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     boot = with_configs(bench_sub.add_parser("boot", help="boot-to-agent-ready against QEMU's floor"))
     boot.add_argument("--boots", type=int, default=10, help="runs per config (default 10)")
     boot.set_defaults(func=cmd_bench_boot)
+    suite = with_configs(bench_sub.add_parser("suite", help="suite wall time with -n 1 and -n auto"), accel=False)
+    suite.add_argument("--runs", type=int, default=1, help="runs per worker count (default 1)")
+    suite.set_defaults(func=cmd_bench_suite)
 
     args = parser.parse_args(argv)
     try:

@@ -66,7 +66,7 @@ def _cpu_features(machine: QemuMachine, features: tuple[str, ...]) -> dict[str, 
     return found
 
 
-def _probe_on(config: VmConfig, accelerator: str) -> ProbeResult:
+def probe_on(config: VmConfig, accelerator: str) -> ProbeResult:
     with tempfile.TemporaryDirectory(prefix="mmhil-probe-") as scratch:
         plan = LaunchPlan(kernel=None, accelerator=accelerator, artifacts=Path(scratch), shared_ram=False)
         machine = QemuMachine(config, plan)
@@ -94,21 +94,21 @@ def _probe_on(config: VmConfig, accelerator: str) -> ProbeResult:
 def probe(config: VmConfig) -> ProbeResult:
     """Resolve the config's accelerator and check that this host can run it. Cached per process."""
     if config.accelerator == "tcg":
-        return _probe_on(config, "tcg")
+        return probe_on(config, "tcg")
     usable, why = kvm_status()
     if config.accelerator == "kvm":
         if not usable:
             return ProbeResult(config.name, "kvm", False, f"KVM is unusable here ({why})")
-        return _probe_on(config, "kvm")
+        return probe_on(config, "kvm")
     if usable:
-        on_kvm = _probe_on(config, "kvm")
+        on_kvm = probe_on(config, "kvm")
         if on_kvm.runnable:
             return ProbeResult(config.name, "kvm", True, "auto: KVM is usable and has every required feature")
-        on_tcg = _probe_on(config, "tcg")
+        on_tcg = probe_on(config, "tcg")
         return ProbeResult(config.name, "tcg", on_tcg.runnable,
                            f"auto: TCG, because under KVM {on_kvm.reason}" if on_tcg.runnable else on_tcg.reason,
                            on_tcg.missing_features)
-    on_tcg = _probe_on(config, "tcg")
+    on_tcg = probe_on(config, "tcg")
     if on_tcg.runnable:
         return ProbeResult(config.name, "tcg", True, f"auto: TCG, because {why}")
     return on_tcg
