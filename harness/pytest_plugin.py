@@ -79,6 +79,7 @@ def _shard(config: pytest.Config) -> tuple[int, int] | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "vm: the test runs on a VM (set by mmhil for every VM test)")
     config.addinivalue_line(
         "markers",
         "requires(*cpu_features, memory_gib=0, paging=None, accelerator=None): run only on VM configs "

@@ -1,27 +1,72 @@
 """Checks of the guest's page tables that trust no guest: `vm.verify`.
 
 Three sources answer every translation: the agent (MmGetPhysicalAddress), the host's own walker
-over guest physical memory, and QEMU's walker (HMP gva2gpa). CR0/CR3/CR4/EFER come from QEMU's
-`info registers`, read with the vCPUs stopped so the tables cannot change under a walk; only the
-PAT MSR, which QEMU's monitor does not show, comes from the guest.
+over guest physical memory, and QEMU's walker (HMP gva2gpa). CR0/CR3/CR4/EFER of every vCPU come
+from QEMU's `info registers`, read with the vCPUs stopped so the tables cannot change under a walk;
+MAXPHYADDR and 1 GiB-page support come from the vCPU's QOM properties; only the PAT MSR, which
+QEMU's monitor does not show, comes from the guest.
+
+Guest physical memory is read through the shared RAM backend when QEMU runs on this host with one
+(`vm.machine.shared_ram_fd`), else through the monitor; both are always at hand in a stopped window:
+
+    with vm.verify.stopped() as w:            # vCPUs stopped; w.cpu is vCPU 0's state
+        w.walk(va)                            # host walk over the fastest backend
+        w.monitor.read(pa, 4096)              # the same RAM through QMP pmemsave / HMP xp
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
-from harness.oracle.memory import MemoryAccessError, MonitorMemory, PhysicalMemory, RamLayout, SharedRamMemory
-from harness.oracle.paging import SIZE_4K, MemoryType, PagingMode
-from harness.oracle.walker import BatchResult, Snapshot, Walk, snapshot, translate_many, walk
+from harness.errors import BugCheck, InfrastructureError
+from harness.oracle.memory import (
+    MemoryAccessError,
+    MonitorMemory,
+    PageCache,
+    PhysicalMemory,
+    RamLayout,
+    SharedRamMemory,
+)
+from harness.oracle.paging import (
+    MAXPHYADDR,
+    PAT_GUEST,
+    PTE_A,
+    PTE_D,
+    SIZE_4K,
+    MemoryType,
+    PagingMode,
+    PagingModeError,
+)
+from harness.oracle.walker import (
+    BatchResult,
+    SelfMapCheck,
+    Snapshot,
+    SnapshotDiff,
+    Walk,
+    check_self_map,
+    snapshot,
+    translate_many,
+    walk,
+)
 
 if TYPE_CHECKING:
     from harness.vm import Vm
+
+_REGISTER = re.compile(r"\b(CR0|CR2|CR3|CR4|EFER|RIP|RSP)=([0-9a-fA-F]+)")
+_CPU_HEADER = re.compile(r"^CPU#(\d+)\s*$", re.MULTILINE)
+_GPA = re.compile(r"gpa:\s*(0x[0-9a-fA-F]+|0)\b")
+
+AGENT_CHUNK = 4096  # read_va / write_va carry at most this many bytes (docs/agent-protocol.md)
+QMP_TIMEOUT = 10.0
+DUMP_QMP_TIMEOUT = 3.0  # a report must not hang on a wedged QEMU
 
 
 class VerificationError(AssertionError):
@@ -30,15 +75,125 @@ class VerificationError(AssertionError):
 
 @dataclass(frozen=True)
 class CpuState:
+    """One vCPU's paging registers as QEMU's `info registers` shows them (read while stopped).
+
+    ``mode`` is None when the vCPU is not in 4- or 5-level long-mode paging (``problem`` says why),
+    e.g. an application processor the kernel never started.
+    """
+
+    index: int
     cr0: int
     cr3: int
     cr4: int
     efer: int
-    mode: PagingMode
+    mode: PagingMode | None
+    problem: str | None = None
+
+    def describe(self) -> str:
+        text = f"vCPU {self.index}: CR0={self.cr0:#x} CR3={self.cr3:#x} CR4={self.cr4:#x} EFER={self.efer:#x}"
+        return text + (f", {self.mode.describe()}" if self.mode else f" ({self.problem})")
+
+
+@dataclass
+class Window:
+    """The guest stopped: the vCPUs' paging state, and guest RAM that cannot change until the window ends.
+
+    ``memory`` is the fastest backend (``shared`` when there is one, else ``monitor``); ``monitor`` is
+    the monitor backend behind a page cache that lives as long as the window.
+    """
+
+    cpu: CpuState  # the vCPU whose CR3 the walks start from
+    cpus: tuple[CpuState, ...]
+    shared: SharedRamMemory | None
+    monitor: PageCache
+    memory: PhysicalMemory = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.memory = self.shared if self.shared is not None else self.monitor
+
+    @property
+    def cr3(self) -> int:
+        return self.cpu.cr3
+
+    @property
+    def mode(self) -> PagingMode:
+        if self.cpu.mode is None:
+            raise VerificationError(f"vCPU {self.cpu.index} is not in long-mode paging: {self.cpu.problem}")
+        return self.cpu.mode
+
+    def backend(self, name: str | None = None) -> PhysicalMemory:
+        """``"shared"``, ``"monitor"``, or None for the fastest."""
+        if name is None:
+            return self.memory
+        if name == "monitor":
+            return self.monitor
+        if name == "shared":
+            if self.shared is None:
+                raise VerificationError("this VM has no shared RAM backend (QEMU does not run here with one)")
+            return self.shared
+        raise ValueError(f"backend must be 'shared', 'monitor' or None, not {name!r}")
+
+    def walk(self, va: int, backend: str | None = None) -> Walk:
+        return walk(self.backend(backend), self.cr3, va, self.mode)
+
+    def translate_many(self, vas: Sequence[int] | npt.ArrayLike, *, with_attributes: bool = False,
+                       backend: str | None = None) -> BatchResult:
+        return translate_many(self.backend(backend), self.cr3, vas, self.mode, with_attributes=with_attributes)
+
+    def snapshot(self, backend: str | None = None) -> Snapshot:
+        return snapshot(self.backend(backend), self.cr3, self.mode)
+
+
+@dataclass(frozen=True)
+class _CpuFacts:
+    """What the paging mode needs beyond CR0/CR4/EFER, read once per VM."""
+
+    pat: int
+    pat_from_guest: bool
+    maxphyaddr: int
+    gbpages: bool
+    cpu_count: int
 
 
 def _show(pa: int | None) -> str:
     return "unmapped" if pa is None else f"{pa:#x}"
+
+
+def _pages(va: int, length: int) -> list[int]:
+    if length <= 0:
+        raise ValueError(f"length must be positive, not {length}")
+    first, last = va & ~(SIZE_4K - 1), (va + length - 1) & ~(SIZE_4K - 1)
+    return list(range(first, last + SIZE_4K, SIZE_4K))
+
+
+def _chunks(va: int, length: int) -> Iterator[tuple[int, int]]:
+    """(offset, size) pieces of [va, va+length) that do not cross a 4 KiB page boundary."""
+    offset = 0
+    while offset < length:
+        size = min(SIZE_4K - ((va + offset) & (SIZE_4K - 1)), length - offset)
+        yield offset, size
+        offset += size
+
+
+def parse_registers(text: str) -> dict[int, dict[str, int]]:
+    """{vCPU index: {register: value}} from `info registers -a` (or plain `info registers`: vCPU 0)."""
+    headers = list(_CPU_HEADER.finditer(text))
+    if not headers:
+        return {0: {name: int(value, 16) for name, value in _REGISTER.findall(text)}}
+    out: dict[int, dict[str, int]] = {}
+    for k, m in enumerate(headers):
+        end = headers[k + 1].start() if k + 1 < len(headers) else len(text)
+        out[int(m.group(1))] = {name: int(value, 16) for name, value in _REGISTER.findall(text[m.end() : end])}
+    return out
+
+
+def parse_gva2gpa(text: str) -> int | None:
+    match = _GPA.search(text)
+    if match:
+        return int(match.group(1), 16)
+    if "Unmapped" in text:
+        return None
+    raise InfrastructureError(f"unexpected gva2gpa output: {text!r}")
 
 
 class Verifier:
@@ -46,15 +201,21 @@ class Verifier:
         self._vm = vm
         config = vm.config
         self.layout = RamLayout.for_machine(config.machine, config.memory_bytes)
+        self.layout_problems = self._check_layout(vm.memory_map)
         self.monitor_memory = MonitorMemory(vm.qemu, self.layout)
-        path = vm.machine.shared_ram_path
-        self.shared_memory = SharedRamMemory(path, self.layout) if path is not None else None
-        self._pat: int | None = None
-        self._gbpages: bool | None = None
+        fd = vm.machine.shared_ram_fd
+        self.shared_memory = SharedRamMemory(fd, self.layout) if fd is not None else None
+        self._facts: _CpuFacts | None = None
+        self._depth = 0
+        self._window: Window | None = None
+        self.last_cpu: CpuState | None = None  # vCPU 0 as last seen stopped (for post-mortem dumps)
 
     @property
     def memory(self) -> PhysicalMemory:
-        """The fastest backend this VM has: shared RAM when QEMU runs here with it, else the monitor."""
+        """The fastest backend this VM has: shared RAM when QEMU runs here with it, else the monitor.
+
+        Outside a stopped window the guest runs: stop it (`stopped()`) around multi-step reads.
+        """
         return self.shared_memory if self.shared_memory is not None else self.monitor_memory
 
     def close(self) -> None:
@@ -63,34 +224,131 @@ class Verifier:
             with contextlib.suppress(MemoryAccessError):
                 self.shared_memory.close()
 
-    # -- CPU state ------------------------------------------------------------------------------
+    def _check_layout(self, memory_map: Sequence[tuple[int, int, int]]) -> list[str]:
+        """Every RAM range of the guest's e820 map must be where the layout says RAM is."""
+        return [f"e820 RAM [{base:#x}, +{size:#x}) is not inside the RAM layout {self.layout.describe()}"
+                for base, size, kind in memory_map if kind == 1 and not self.layout.contains(base, size)]
+
+    # -- QEMU -----------------------------------------------------------------------------------
+
+    def _qmp(self, name: str, arguments: dict[str, object] | None = None, timeout: float = QMP_TIMEOUT) -> object:
+        qmp = self._vm.machine.qmp
+        if qmp is None:
+            raise InfrastructureError(f"{self._vm.name}: QMP is not connected")
+        return qmp.command(name, arguments, timeout)
+
+    def _hmp(self, command_line: str, cpu: int = 0, timeout: float = QMP_TIMEOUT) -> str:
+        # cpu-index, not HMP `cpu N`: each human-monitor-command runs in a fresh HMP session, so a
+        # `cpu N` sent in an earlier command is forgotten by the next one.
+        output = self._qmp("human-monitor-command", {"command-line": command_line, "cpu-index": cpu}, timeout)
+        if not isinstance(output, str):
+            raise InfrastructureError(f"{self._vm.name}: HMP {command_line!r} returned {output!r}")
+        return output
+
+    def gva2gpa(self, va: int, cpu: int = 0) -> int | None:
+        """QEMU's own translation of ``va`` on vCPU ``cpu`` (None where QEMU reports it unmapped)."""
+        return parse_gva2gpa(self._hmp(f"gva2gpa {va & 0xFFFFFFFFFFFFFFFF:#x}", cpu))
+
+    def _cpu_facts(self, *, ask_guest: bool = True, timeout: float = QMP_TIMEOUT) -> _CpuFacts:
+        if self._facts is not None and (self._facts.pat_from_guest or not ask_guest):
+            return self._facts
+        pat, from_guest = PAT_GUEST, False
+        if ask_guest:
+            pat, from_guest = self._vm.mm.kernel_info().pat, True
+        cpus = self._qmp("query-cpus-fast", timeout=timeout)
+        if not isinstance(cpus, list) or not cpus:
+            raise InfrastructureError(f"{self._vm.name}: query-cpus-fast returned {cpus!r}")
+        path = cpus[0]["qom-path"]
+        gbpages = bool(self._qmp("qom-get", {"path": path, "property": "pdpe1gb"}, timeout))
+        bits = self._qmp("qom-get", {"path": path, "property": "phys-bits"}, timeout)
+        maxphyaddr = bits if isinstance(bits, int) and 32 <= bits <= MAXPHYADDR else MAXPHYADDR
+        self._facts = _CpuFacts(pat, from_guest, maxphyaddr, gbpages, len(cpus))
+        return self._facts
+
+    def _read_cpus(self, facts: _CpuFacts, timeout: float = QMP_TIMEOUT) -> tuple[CpuState, ...]:
+        per_cpu = parse_registers(self._hmp("info registers -a", timeout=timeout))
+        states = []
+        for index in sorted(per_cpu):
+            regs = per_cpu[index]
+            missing = {"CR0", "CR3", "CR4", "EFER"} - regs.keys()
+            if missing:
+                raise InfrastructureError(f"{self._vm.name}: info registers shows no {sorted(missing)} for "
+                                          f"vCPU {index}")
+            mode: PagingMode | None = None
+            problem = None
+            try:
+                mode = PagingMode.from_registers(regs["CR0"], regs["CR4"], regs["EFER"], facts.pat,
+                                                 maxphyaddr=facts.maxphyaddr, gbpages=facts.gbpages)
+            except PagingModeError as exc:
+                problem = str(exc)
+            states.append(CpuState(index, regs["CR0"], regs["CR3"], regs["CR4"], regs["EFER"], mode, problem))
+        return tuple(states)
+
+    # -- stopped windows ------------------------------------------------------------------------
+
+    def _require_alive(self) -> None:
+        vm = self._vm
+        if vm.crash is not None:
+            raise vm.crash
+        if not vm.machine.running:
+            raise InfrastructureError(f"{vm.name}: QEMU is not running (exit status {vm.machine.exit_status})")
+        if self.layout_problems:
+            raise InfrastructureError(f"{vm.name}: the host's idea of the RAM layout is wrong: "
+                                      + "; ".join(self.layout_problems))
 
     @contextmanager
-    def stopped(self) -> Iterator[CpuState]:
-        """The vCPUs stopped, and their paging state as QEMU sees it."""
-        if self._pat is None:
-            self._pat = self._vm.mm.kernel_info().pat
-            cpus = self._vm.qemu.command("query-cpus-fast")
-            assert isinstance(cpus, list)
-            self._gbpages = bool(self._vm.qemu.command("qom-get", path=cpus[0]["qom-path"], property="pdpe1gb"))
-        with self._vm.qemu.stopped():
-            regs = self._vm.qemu.registers()
-            mode = PagingMode.from_registers(regs["CR0"], regs["CR4"], regs["EFER"], self._pat,
-                                             gbpages=bool(self._gbpages))
-            yield CpuState(regs["CR0"], regs["CR3"], regs["CR4"], regs["EFER"], mode)
+    def stopped(self, cpu: int = 0, *, ask_guest: bool = True,
+                timeout: float = QMP_TIMEOUT) -> Iterator[Window]:
+        """Stop the vCPUs (unless already stopped), read every vCPU's paging registers, yield a Window,
+        then let the guest run again. Nested windows share the outer one's stop."""
+        self._require_alive()
+        facts = self._cpu_facts(ask_guest=ask_guest, timeout=timeout)  # may ask the agent: guest running
+        if self._window is not None:
+            if self._window.cpu.index != cpu:
+                raise VerificationError("a nested stopped() window must use the outer window's vCPU")
+            self._depth += 1
+            try:
+                yield self._window
+            finally:
+                self._depth -= 1
+            return
+        status = self._qmp("query-status", timeout=timeout)
+        was_running = isinstance(status, dict) and bool(status.get("running"))
+        if was_running:
+            self._qmp("stop", timeout=timeout)
+        try:
+            cpus = self._read_cpus(facts, timeout)
+            chosen = next((c for c in cpus if c.index == cpu), None)
+            if chosen is None:
+                raise VerificationError(f"no vCPU {cpu}; QEMU shows {[c.index for c in cpus]}")
+            self.last_cpu = next((c for c in cpus if c.index == 0), chosen)
+            self._window = Window(chosen, cpus, self.shared_memory, PageCache(self.monitor_memory))
+            self._depth = 1
+            yield self._window
+        finally:
+            self._window = None
+            self._depth = 0
+            if was_running:
+                with contextlib.suppress(InfrastructureError):
+                    self._qmp("cont", timeout=timeout)
+
+    def cpu_states(self) -> tuple[CpuState, ...]:
+        """Every vCPU's CR0/CR3/CR4/EFER and paging mode, from QEMU with the guest stopped."""
+        with self.stopped() as w:
+            return w.cpus
 
     # -- translation ----------------------------------------------------------------------------
 
-    def walk(self, va: int) -> Walk:
-        with self.stopped() as cpu:
-            return walk(self.memory, cpu.cr3, va, cpu.mode)
+    def walk(self, va: int, *, cpu: int = 0, backend: str | None = None) -> Walk:
+        with self.stopped(cpu) as w:
+            return w.walk(va, backend)
 
     def translate(self, va: int) -> int | None:
         """The physical address of `va`, asserted equal three ways (agent, host walk, QEMU)."""
         agent = self._vm.mm.MmGetPhysicalAddress(va)
-        with self.stopped() as cpu:
-            host = walk(self.memory, cpu.cr3, va, cpu.mode)
-            qemu = self._vm.qemu.gva2gpa(va)
+        with self.stopped() as w:
+            host = w.walk(va)
+            qemu = self.gva2gpa(va)
         # MmGetPhysicalAddress answers 0 for "no translation" (ddi-spec §3 [DECISION]).
         agent_pa = None if agent == 0 and host.pa != 0 else agent
         if agent_pa == host.pa == qemu:
@@ -104,25 +362,32 @@ class Verifier:
             f"host walk:\n{host.describe()}"
         )
 
-    def translate_many(self, vas: Sequence[int]) -> BatchResult:
+    def translate_many(self, vas: Sequence[int] | npt.ArrayLike, *, backend: str | None = None) -> BatchResult:
         """The host walker's translation of many VAs in one stopped window (no agent, no QEMU walk)."""
-        with self.stopped() as cpu:
-            return translate_many(self.memory, cpu.cr3, vas, cpu.mode, with_attributes=True)
+        with self.stopped() as w:
+            return w.translate_many(vas, with_attributes=True, backend=backend)
 
-    def cross_check_with_qemu(self, vas: Iterable[int]) -> int:
-        """Assert the host walker equals gva2gpa on every VA; returns how many were checked."""
-        vas = list(vas)
-        with self.stopped() as cpu:
-            result = translate_many(self.memory, cpu.cr3, vas, cpu.mode)
-            disagreements = []
+    def cross_check_with_qemu(self, vas: Iterable[int], *, cpu: int = 0) -> int:
+        """Assert the host walker equals gva2gpa on every VA, all in one stopped window; returns how many
+        were checked. Each gva2gpa is a monitor round trip (~1-2.5 ms): keep the count in the thousands."""
+        vas = [int(v) & 0xFFFFFFFFFFFFFFFF for v in vas]
+        disagreements: list[tuple[int, int | None, int | None]] = []
+        first_walk = ""
+        with self.stopped(cpu) as w:
+            result = w.translate_many(vas)
             for va, pa, ok in zip(vas, result.pa.tolist(), result.ok.tolist(), strict=True):
-                qemu = self._vm.qemu.gva2gpa(va)
+                qemu = self.gva2gpa(va, cpu)
                 host = int(pa) if ok else None
                 if host != qemu:
-                    disagreements.append(f"  {va:#018x}  host {_show(host):>18}  QEMU {_show(qemu):>18}")
+                    disagreements.append((va, host, qemu))
+            if disagreements:
+                first_walk = w.walk(disagreements[0][0]).describe()
         if disagreements:
-            raise VerificationError(f"host walker and gva2gpa disagree on {len(disagreements)} of {len(vas)} "
-                                    "addresses:\n" + "\n".join(disagreements[:20]))
+            rows = "\n".join(f"  {va:#018x}  {_show(h):>18}  {_show(q):>18}" for va, h, q in disagreements[:20])
+            raise VerificationError(
+                f"host walker and gva2gpa disagree on {len(disagreements)} of {len(vas)} addresses:\n"
+                f"  {'VA':<18}  {'host walk':>18}  {'QEMU gva2gpa':>18}\n{rows}\n"
+                f"host walk of the first:\n{first_walk}")
         return len(vas)
 
     # -- mapping state --------------------------------------------------------------------------
@@ -130,91 +395,240 @@ class Verifier:
     def assert_mapped(self, va: int, length: int, *, pfns: Sequence[int] | None = None,
                       writable: bool | None = None, user: bool | None = None, executable: bool | None = None,
                       cache: MemoryType | None = None) -> list[Walk]:
-        """Every 4 KiB page of [va, va+length) is mapped, with these PFNs and attributes where given."""
-        first, last = va & ~(SIZE_4K - 1), (va + length - 1) & ~(SIZE_4K - 1)
-        pages = range(first, last + SIZE_4K, SIZE_4K)
+        """Every 4 KiB page of [va, va+length) is mapped, with these PFNs and attributes where given.
+
+        Returns the host walk of every page."""
+        pages = _pages(va, length)
         if pfns is not None and len(pfns) != len(pages):
             raise ValueError(f"{len(pfns)} PFNs given for {len(pages)} pages")
-        with self.stopped() as cpu:
-            walks = [walk(self.memory, cpu.cr3, page, cpu.mode) for page in pages]
+        with self.stopped() as w:
+            walks = [w.walk(page) for page in pages]
         problems = []
-        for index, w in enumerate(walks):
-            if not w.ok or w.attributes is None or w.pa is None:
-                problems.append(f"{w.va:#x}: not mapped ({w.stop.name} at level {w.level})")
+        for index, wk in enumerate(walks):
+            if not wk.ok or wk.attributes is None or wk.pa is None:
+                problems.append(f"{wk.va:#x}: not mapped ({wk.stop.name} at level {wk.level})")
                 continue
-            a = w.attributes
+            a = wk.attributes
             wanted = {"writable": writable, "user": user, "executable": executable}
             got = {"writable": a.writable, "user": a.user, "executable": a.executable}
             for name, want in wanted.items():
                 if want is not None and got[name] != want:
-                    problems.append(f"{w.va:#x}: {name} is {got[name]}, expected {want}")
+                    problems.append(f"{wk.va:#x}: {name} is {got[name]}, expected {want}")
             if cache is not None and a.memory_type != cache:
-                problems.append(f"{w.va:#x}: memory type {a.memory_type.label}, expected {cache.label}")
-            if pfns is not None and w.pa >> 12 != pfns[index]:
-                problems.append(f"{w.va:#x}: PFN {w.pa >> 12:#x}, expected {pfns[index]:#x}")
+                problems.append(f"{wk.va:#x}: memory type {a.memory_type.label}, expected {cache.label}")
+            if pfns is not None and wk.pa >> 12 != pfns[index]:
+                problems.append(f"{wk.va:#x}: PFN {wk.pa >> 12:#x}, expected {pfns[index]:#x}")
         if problems:
-            raise VerificationError(f"[{va:#x}, +{length:#x}) is not mapped as expected:\n  " + "\n  ".join(problems)
-                                    + "\n" + "\n".join(w.describe() for w in walks[:4]))
+            shown = [wk for wk in walks if any(p.startswith(f"{wk.va:#x}:") for p in problems)][:4]
+            raise VerificationError(f"[{va:#x}, +{length:#x}) is not mapped as expected:\n  "
+                                    + "\n  ".join(problems[:40])
+                                    + (f"\n  ... {len(problems) - 40} more" if len(problems) > 40 else "")
+                                    + "\n" + "\n".join(wk.describe() for wk in shown))
         return walks
 
-    def assert_unmapped(self, va: int, length: int) -> None:
-        """No page of [va, va+length) translates, by the host walk and by QEMU's."""
-        first, last = va & ~(SIZE_4K - 1), (va + length - 1) & ~(SIZE_4K - 1)
-        pages = list(range(first, last + SIZE_4K, SIZE_4K))
-        with self.stopped() as cpu:
-            result = translate_many(self.memory, cpu.cr3, pages, cpu.mode)
+    def assert_unmapped(self, va: int, length: int, *, qemu_samples: int = 64) -> None:
+        """No page of [va, va+length) translates by the host walk (every page) nor by QEMU's (up to
+        ``qemu_samples`` pages spread over the range, first and last included)."""
+        pages = _pages(va, length)
+        if len(pages) <= qemu_samples:
+            probes = pages
+        else:
+            probes = sorted({pages[round(k * (len(pages) - 1) / (qemu_samples - 1))] for k in range(qemu_samples)})
+        with self.stopped() as w:
+            result = w.translate_many(pages)
             still = [p for p, ok in zip(pages, result.ok.tolist(), strict=True) if ok]
-            qemu_still = [p for p in pages[:64] if self._vm.qemu.gva2gpa(p) is not None]
+            qemu_still = [p for p in probes if self.gva2gpa(p) is not None]
+            first = w.walk(still[0]).describe() if still else ""
         if still or qemu_still:
-            raise VerificationError(f"[{va:#x}, +{length:#x}) is still mapped: host walk sees "
-                                    f"{[hex(p) for p in still[:8]]}, QEMU sees {[hex(p) for p in qemu_still[:8]]}")
+            raise VerificationError(f"[{va:#x}, +{length:#x}) is still mapped: host walk sees {len(still)} pages "
+                                    f"{[hex(p) for p in still[:8]]}, QEMU sees {[hex(p) for p in qemu_still[:8]]}"
+                                    + (f"\n{first}" if first else ""))
+
+    def check_self_map(self) -> SelfMapCheck:
+        """The recursive slot (0x1ED) as the host reads it from the top table CR3 points at."""
+        with self.stopped() as w:
+            return check_self_map(w.memory, w.cr3, w.mode)
+
+    # -- accessed and dirty ---------------------------------------------------------------------
+
+    def leaf_entries(self, va: int, length: int = 1) -> list[tuple[int, int]]:
+        """(entry PA, raw leaf entry) of every page of [va, va+length), by the host walk."""
+        with self.stopped() as w:
+            out = []
+            for page in _pages(va, length):
+                wk = w.walk(page)
+                if wk.leaf is None:
+                    raise VerificationError(f"{page:#x} is not mapped:\n{wk.describe()}")
+                out.append((wk.leaf.entry_pa, wk.leaf.entry))
+            return out
+
+    def clear_accessed_dirty(self, va: int, length: int = 1) -> None:
+        """Clear A and D in the leaf entries of [va, va+length), writing guest RAM through the shared backend.
+
+        Only meaningful where the vCPU holds no TLB entry for these pages (a fresh mapping the guest has
+        not touched): a cached translation lets the guest read or write without the walk that sets A/D.
+        A large leaf's A/D cover its whole 2 MiB or 1 GiB.
+        """
+        shared = self._require_shared("clear A/D bits")
+        with self.stopped():
+            for entry_pa, entry in self.leaf_entries(va, length):
+                shared.write_u64(entry_pa, entry & ~(PTE_A | PTE_D))
+
+    def assert_accessed_dirty(self, va: int, length: int = 1, *, accessed: bool | None = None,
+                              dirty: bool | None = None) -> None:
+        """The leaf of every page of [va, va+length) has A (and D) as given, by the host walk."""
+        problems = []
+        with self.stopped() as w:
+            walks = [w.walk(page) for page in _pages(va, length)]
+        for wk in walks:
+            a = wk.attributes
+            if a is None:
+                problems.append(f"{wk.va:#x}: not mapped ({wk.stop.name})")
+                continue
+            if accessed is not None and a.accessed != accessed:
+                problems.append(f"{wk.va:#x}: A={int(a.accessed)}, expected {int(accessed)}")
+            if dirty is not None and a.dirty != dirty:
+                problems.append(f"{wk.va:#x}: D={int(a.dirty)}, expected {int(dirty)}")
+        if problems:
+            raise VerificationError("accessed/dirty bits are not as expected:\n  " + "\n  ".join(problems)
+                                    + "\n" + walks[0].describe())
 
     # -- content --------------------------------------------------------------------------------
 
-    def round_trip(self, va: int, length: int, seed: int = 1) -> None:
-        """Guest writes through the VA and the host reads the PA; the host plants at the PA (shared
-        RAM only) and the guest reads through the VA. Both directions must see the same bytes."""
+    def _require_shared(self, what: str) -> SharedRamMemory:
+        if self.shared_memory is None:
+            raise VerificationError(f"cannot {what}: this VM has no shared RAM backend (the monitor is read-only)")
+        return self.shared_memory
+
+    def guest_write(self, va: int, data: bytes) -> None:
+        """The guest stores ``data`` through ``va`` (agent write_va, in pieces the protocol allows)."""
+        for offset in range(0, len(data), AGENT_CHUNK):
+            self._vm.mm.write_va(va + offset, data[offset : offset + AGENT_CHUNK])
+
+    def guest_read(self, va: int, length: int) -> bytes:
+        """What the guest loads through ``va`` (agent read_va, in pieces the protocol allows)."""
+        return b"".join(self._vm.mm.read_va(va + offset, min(AGENT_CHUNK, length - offset))
+                        for offset in range(0, length, AGENT_CHUNK))
+
+    def host_read(self, va: int, length: int, *, backend: str | None = None) -> bytes:
+        """What guest RAM holds behind [va, va+length), read by the host at the PAs of its own walk."""
+        with self.stopped() as w:
+            memory = w.backend(backend)
+            pieces = []
+            for offset, size in _chunks(va, length):
+                wk = w.walk(va + offset)
+                if wk.pa is None:
+                    raise VerificationError(f"{va + offset:#x} has no translation:\n{wk.describe()}")
+                pieces.append(memory.read(wk.pa, size))
+            return b"".join(pieces)
+
+    def host_write(self, va: int, data: bytes) -> list[int]:
+        """Plant ``data`` in guest RAM at the PAs behind ``va`` (shared backend); returns the PAs written."""
+        shared = self._require_shared("plant bytes in guest RAM")
+        written = []
+        with self.stopped() as w:
+            for offset, size in _chunks(va, len(data)):
+                wk = w.walk(va + offset)
+                if wk.pa is None:
+                    raise VerificationError(f"{va + offset:#x} has no translation:\n{wk.describe()}")
+                shared.write(wk.pa, data[offset : offset + size])
+                written.append(wk.pa)
+        return written
+
+    def round_trip(self, va: int, length: int, seed: int = 1) -> tuple[str, ...]:
+        """Guest writes through the VA and the host reads the PAs (through every backend it has); the host
+        plants at the PAs (shared RAM only) and the guest reads through the VA. Returns the directions
+        checked: ("guest->host",) or ("guest->host", "host->guest")."""
         rng = np.random.default_rng(seed)
         pattern = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
-        self._vm.mm.write_va(va, pattern)
-        pas = [self.translate(va + off) for off in range(0, length, SIZE_4K)]
-        seen = b"".join(self._read_virtual_range(va, length))
-        if seen != pattern:
-            raise VerificationError(f"host reads back different bytes than the guest wrote at {va:#x} "
-                                    f"(first PA {_show(pas[0])})")
+        self.guest_write(va, pattern)
+        backends = ["monitor"] + (["shared"] if self.shared_memory is not None else [])
+        for name in backends:
+            seen = self.host_read(va, length, backend=name)
+            if seen != pattern:
+                bad = next(i for i in range(length) if seen[i] != pattern[i])
+                raise VerificationError(f"the host ({name} backend) reads other bytes than the guest wrote at "
+                                        f"{va:#x}: first difference at +{bad:#x}: {seen[bad]:#04x} != "
+                                        f"{pattern[bad]:#04x}\n{self.walk(va + bad).describe()}")
         if self.shared_memory is None:
-            return
-        planted = bytes(reversed(pattern))
-        with self.stopped() as cpu:
-            for offset, chunk in self._chunks(va, planted):
-                pa = walk(self.memory, cpu.cr3, va + offset, cpu.mode).pa
-                assert pa is not None
-                self.shared_memory.write(pa, chunk)
-        if self._vm.mm.read_va(va, length) != planted:
-            raise VerificationError(f"the guest does not read through {va:#x} what the host planted at its PA")
-
-    @staticmethod
-    def _chunks(va: int, data: bytes) -> Iterator[tuple[int, bytes]]:
-        """Split data at page boundaries of va: (offset, bytes) per page."""
-        offset = 0
-        while offset < len(data):
-            room = SIZE_4K - ((va + offset) & (SIZE_4K - 1))
-            yield offset, data[offset : offset + room]
-            offset += room
-
-    def _read_virtual_range(self, va: int, length: int) -> Iterator[bytes]:
-        with self.stopped() as cpu:
-            for offset, chunk in self._chunks(va, bytes(length)):
-                pa = walk(self.memory, cpu.cr3, va + offset, cpu.mode).pa
-                if pa is None:
-                    raise VerificationError(f"{va + offset:#x} has no translation")
-                yield self.memory.read(pa, len(chunk))
+            return ("guest->host",)
+        planted = bytes(b ^ 0xA5 for b in pattern)
+        self.host_write(va, planted)
+        seen = self.guest_read(va, length)
+        if seen != planted:
+            bad = next(i for i in range(length) if seen[i] != planted[i])
+            raise VerificationError(f"the guest does not read through {va:#x} what the host planted at its PAs: "
+                                    f"first difference at +{bad:#x}\n{self.walk(va + bad).describe()}")
+        return ("guest->host", "host->guest")
 
     # -- whole address space --------------------------------------------------------------------
 
-    def snapshot(self) -> Snapshot:
-        with self.stopped() as cpu:
-            return snapshot(self.memory, cpu.cr3, cpu.mode)
+    def snapshot(self, *, cpu: int = 0, backend: str | None = None) -> Snapshot:
+        """Every present leaf mapping reachable from the vCPU's CR3, read with the guest stopped."""
+        with self.stopped(cpu) as w:
+            return w.snapshot(backend)
 
-    def page_table_dump(self) -> str:
-        return self.snapshot().format()
+    def assert_released(self, before: Snapshot, after: Snapshot | None = None, *,
+                        allow: Iterable[tuple[int, int]] = ()) -> SnapshotDiff:
+        """The leak check from the memory side: nothing is mapped in ``after`` (default: now) that was not
+        mapped the same way in ``before``, outside the ``allow``-ed VA ranges ([start, start+size)).
+        Mappings that went away are fine. Returns the diff."""
+        after = after if after is not None else self.snapshot()
+        diff = before.diff(after)
+        windows = [(start & 0xFFFFFFFFFFFFFFFF, size) for start, size in allow]
+
+        def allowed(va: int, end: int) -> bool:
+            return any(start <= va and end <= start + size for start, size in windows)
+
+        added = [r for r in diff.added if not allowed(r.va, r.va_end)]
+        changed = [(o, n) for o, n in diff.changed if not allowed(n.va, n.va_end)]
+        if added or changed:
+            raise VerificationError(
+                f"{len(added)} mapping(s) added and {len(changed)} changed remain after the test "
+                f"(page-table leak):\n{diff.format()}")
+        return diff
+
+    @contextmanager
+    def leak_check(self, *, allow: Iterable[tuple[int, int]] = ()) -> Iterator[Snapshot]:
+        """Snapshot before the block, and `assert_released` after it (only when the block did not raise)."""
+        before = self.snapshot()
+        yield before
+        self.assert_released(before, allow=list(allow))
+
+    # -- reports --------------------------------------------------------------------------------
+
+    def page_table_dump(self, max_ranges: int = 200) -> str:
+        """A readable dump of the guest's page tables for a failing test's report.
+
+        Never raises: a VM that cannot be read gives one line saying why. A guest that stopped with a
+        bugcheck is dumped post mortem from the shared RAM mapping (which outlives QEMU) at the CR3 of
+        the bugcheck record. At most about ``max_ranges`` lines of ranges (compact: VA-adjacent ranges
+        with equal attributes share a line), so the text stays bounded."""
+        try:
+            return self._dump(max_ranges)
+        except Exception as exc:  # a report must never fail because of the dump
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            return f"page-table dump unavailable: {type(exc).__name__}: {first}"
+
+    def _dump(self, max_ranges: int) -> str:
+        vm = self._vm
+        crash = vm.crash
+        if crash is not None or not vm.machine.running:
+            if isinstance(crash, BugCheck) and self.shared_memory is not None and not self.shared_memory.closed \
+                    and self.last_cpu is not None and self.last_cpu.mode is not None:
+                snap = snapshot(self.shared_memory, crash.record.cr3, self.last_cpu.mode)
+                return (f"post mortem: {vm.name} stopped with bugcheck {crash.record.code:#x}; tables read from the "
+                        f"shared RAM at the record's CR3\n" + snap.format(max_ranges=max_ranges, compact=True))
+            what = f"the guest stopped ({type(crash).__name__})" if crash is not None else \
+                f"QEMU is not running (exit status {vm.machine.exit_status})"
+            return f"no page-table dump: {what}"
+        with self.stopped(ask_guest=False, timeout=DUMP_QMP_TIMEOUT) as w:
+            snap = w.snapshot()
+            facts = self._facts
+        note = "" if facts is not None and facts.pat_from_guest else \
+            " (IA32_PAT not read from the guest: the kernel's documented value is assumed)"
+        return snap.format(max_ranges=max_ranges, compact=True) + note
+
+
+__all__ = ["AGENT_CHUNK", "CpuState", "VerificationError", "Verifier", "Window", "parse_gva2gpa",
+           "parse_registers"]

@@ -6,6 +6,8 @@ Backends:
   numpy views for the batch walker).
 - :class:`MonitorMemory` reads through QMP ``pmemsave`` (bulk) or HMP ``xp`` (small reads). Read-only.
 - :class:`BufferMemory` holds guest RAM in a host bytearray (unit tests, synthetic tables, benchmarks).
+- :class:`PageCache` keeps whole 4 KiB pages read through another backend, for one window in which
+  the guest is stopped: a walk over the monitor then costs one round trip per page table, not per entry.
 
 All of them map guest-physical addresses through a :class:`RamLayout`, which reproduces how QEMU 7.2
 splits the RAM backend below and above 4 GiB.
@@ -375,16 +377,24 @@ class BufferMemory(_ArrayMemoryBase):
 class SharedRamMemory(_ArrayMemoryBase):
     """The guest's RAM backend file (``memory-backend-file,share=on``), mmapped.
 
+    ``source`` is a path, or an open file descriptor (mmap takes its own reference: the caller keeps
+    and closes its descriptor). The harness hands over the descriptor of a file that was unlinked before
+    QEMU started (harness/machine.py), so no name in /dev/shm is needed.
+
     Reads see the guest's stores as they happen (stop the VM around multi-step reads). ``close()``
     unmaps; it fails with MemoryAccessError while numpy arrays or memoryviews handed out by
-    :meth:`u64_array`, :attr:`array` or :meth:`view` are still alive.
+    :meth:`u64_array`, :attr:`array` or :meth:`view` are still alive. The mapping outlives QEMU: after
+    the guest died the host can still read the RAM as it was left.
     """
 
-    def __init__(self, path: str | os.PathLike[str], layout: RamLayout, *, writable: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(
+        self, source: str | os.PathLike[str] | int, layout: RamLayout, *, writable: bool = True
+    ) -> None:
+        self.path = Path(f"/proc/self/fd/{source}") if isinstance(source, int) else Path(source)
         self._layout = layout
         self._writable = writable
-        fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        fd = source if isinstance(source, int) else os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
         try:
             file_size = os.fstat(fd).st_size
             if file_size < layout.file_size:
@@ -392,10 +402,10 @@ class SharedRamMemory(_ArrayMemoryBase):
                     f"{self.path} holds {file_size:#x} bytes but the RAM layout needs {layout.file_size:#x} "
                     f"({layout.describe()})"
                 )
-            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
             self._mmap = mmap.mmap(fd, layout.file_size, flags=mmap.MAP_SHARED, prot=prot)
         finally:
-            os.close(fd)
+            if not isinstance(source, int):
+                os.close(fd)
         self._buf = self._mmap
         self._closed = False
         self._init_views()
@@ -448,6 +458,93 @@ class SharedRamMemory(_ArrayMemoryBase):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Page cache
+
+
+PAGE = 4096
+_PAGE_WORDS = PAGE // 8
+
+
+class PageCache:
+    """Whole 4 KiB pages of another backend, each read once: for a window in which the guest is stopped.
+
+    A page-table walk over the monitor would cost one monitor round trip per entry; through a cache it
+    costs one per distinct table page, and the batch walker fetches the pages a level needs in runs of
+    consecutive frames (one ``pmemsave`` per run). Unreadable pages are remembered too. The cache is only
+    right while guest memory cannot change: make a new one for each stopped window. Read-only.
+    """
+
+    def __init__(self, memory: PhysicalMemory, *, max_run_pages: int = 64) -> None:
+        self.memory = memory
+        self.max_run_pages = max_run_pages
+        self._pages: dict[int, U64Array | MemoryAccessError] = {}
+        self.fetches = 0  # reads sent to the inner backend
+
+    @property
+    def pages_cached(self) -> int:
+        return len(self._pages)
+
+    def _store(self, pfn: int, data: bytes) -> None:
+        self._pages[pfn] = np.frombuffer(data, dtype="<u8", count=_PAGE_WORDS)
+
+    def prefetch(self, pfns: Iterable[int]) -> None:
+        """Fetch the pages not yet cached, one inner read per run of consecutive frames."""
+        todo = sorted({p for p in pfns if p not in self._pages and p >= 0})
+        i = 0
+        while i < len(todo):
+            j = i + 1
+            while j < len(todo) and todo[j] == todo[j - 1] + 1 and j - i < self.max_run_pages:
+                j += 1
+            first, count = todo[i], j - i
+            self.fetches += 1
+            try:
+                data = self.memory.read(first * PAGE, count * PAGE)
+            except MemoryAccessError:
+                if count == 1:
+                    self._pages[first] = MemoryAccessError(f"guest-physical page {first * PAGE:#x} is unreadable")
+                else:  # part of the run may be readable: fall back to single pages
+                    for pfn in todo[i:j]:
+                        self.page(pfn)
+            else:
+                for k in range(count):
+                    self._store(first + k, data[k * PAGE : (k + 1) * PAGE])
+            i = j
+
+    def page(self, pfn: int) -> U64Array:
+        """The page at frame ``pfn`` as 512 little-endian uint64 (MemoryAccessError if unreadable)."""
+        cached = self._pages.get(pfn)
+        if cached is None:
+            self.fetches += 1
+            try:
+                self._store(pfn, self.memory.read(pfn * PAGE, PAGE))
+            except MemoryAccessError as exc:
+                self._pages[pfn] = exc
+            cached = self._pages[pfn]
+        if isinstance(cached, MemoryAccessError):
+            raise MemoryAccessError(str(cached))
+        return cached
+
+    def read(self, pa: int, size: int) -> bytes:
+        if pa < 0 or size < 0:
+            raise MemoryAccessError(f"bad physical read [{pa:#x}, +{size:#x})")
+        if size == 0:
+            return b""
+        first, last = pa // PAGE, (pa + size - 1) // PAGE
+        self.prefetch(range(first, last + 1))
+        data = b"".join(self.page(p).tobytes() for p in range(first, last + 1))
+        start = pa - first * PAGE
+        return data[start : start + size]
+
+    def read_u64(self, pa: int) -> int:
+        if pa & 7 or pa < 0:
+            return int.from_bytes(self.read(pa, 8), "little")
+        return int(self.page(pa // PAGE)[(pa % PAGE) // 8])
+
+    def write(self, pa: int, data: bytes) -> None:
+        raise MemoryAccessError(f"PageCache is read-only (refused a {len(data)}-byte write at {pa:#x})")
 
 
 # --------------------------------------------------------------------------------------------------

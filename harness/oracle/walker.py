@@ -2,8 +2,9 @@
 
 - :func:`walk`: one VA, every level's raw entry, why the walk stopped, decoded effective attributes.
 - :func:`translate_many`: the same translation for many VAs at once, vectorised with numpy level by
-  level over an array-backed memory (:class:`~harness.oracle.memory.SharedRamMemory`,
-  :class:`~harness.oracle.memory.BufferMemory`); agrees exactly with :func:`walk`.
+  level, in place over an array-backed memory (:class:`~harness.oracle.memory.SharedRamMemory`,
+  :class:`~harness.oracle.memory.BufferMemory`), else through a page cache (one read per table page);
+  agrees exactly with :func:`walk`.
 - :func:`snapshot`: every present leaf mapping of an address space, coalesced into ranges, with
   :meth:`Snapshot.diff` and a readable :meth:`Snapshot.format` for test reports.
 - :func:`check_self_map` / :func:`self_map_va`: the recursive slot (0x1ED) seen from the host.
@@ -23,12 +24,12 @@ import functools
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from harness.oracle.memory import ArrayBackedMemory, MemoryAccessError, PhysicalMemory
+from harness.oracle.memory import ArrayBackedMemory, MemoryAccessError, PageCache, PhysicalMemory
 from harness.oracle.paging import (
     ENTRY_NAMES,
     LARGE_1G_RESERVED,
@@ -438,35 +439,67 @@ def translate_many(
     *,
     with_attributes: bool = False,
 ) -> BatchResult:
-    """Translate many VAs at once. Vectorised over array-backed memories; other backends walk per VA.
+    """Translate many VAs at once, vectorised with numpy level by level.
+
+    Array-backed memories (shared RAM, buffers) are indexed in place. Any other backend (the monitor) is
+    read through a :class:`~harness.oracle.memory.PageCache`, one read per distinct table page (pass a
+    PageCache to share it between calls within one stopped window).
 
     ``vas`` may be a uint64 or int64 numpy array or a sequence of ints (signed or unsigned).
     The result agrees exactly with :func:`walk` for every VA (stop, level, pa, attribute flags).
     """
     va_arr = as_va_array(vas)
+    gather: _Gather
     if isinstance(memory, ArrayBackedMemory):
-        return _translate_vectorised(memory, cr3, va_arr, mode, with_attributes)
-    n = va_arr.size
-    pa = np.zeros(n, dtype=np.uint64)
-    level = np.zeros(n, dtype=np.uint8)
-    stop = np.zeros(n, dtype=np.uint8)
-    attrs = np.zeros(n, dtype=np.uint16) if with_attributes else None
-    for i, v in enumerate(va_arr.tolist()):
-        w = walk(memory, cr3, v, mode)
-        level[i] = w.level
-        stop[i] = w.stop
-        if w.pa is not None:
-            pa[i] = w.pa
-        if attrs is not None and w.attributes is not None:
-            attrs[i] = int(w.attributes.flags)
-    return BatchResult(pa, level, stop, attrs)
+        gather = _ArrayGather(memory)
+    else:
+        gather = _PageGather(memory if isinstance(memory, PageCache) else PageCache(memory))
+    return _translate_vectorised(gather, cr3, va_arr, mode, with_attributes)
+
+
+class _Gather(Protocol):
+    def __call__(self, entry_pa: U64Array) -> tuple[U64Array, npt.NDArray[np.bool_]]:
+        """The 8-byte entries at ``entry_pa`` and whether each could be read (0 where not)."""
+        ...
+
+
+class _ArrayGather:
+    def __init__(self, memory: ArrayBackedMemory) -> None:
+        self.u64 = memory.u64_array()
+        self.layout = memory.layout
+
+    def __call__(self, entry_pa: U64Array) -> tuple[U64Array, npt.NDArray[np.bool_]]:
+        offs, inside = self.layout.file_offsets(entry_pa)
+        return self.u64[(offs >> np.uint64(3)).astype(np.intp)], inside
+
+
+class _PageGather:
+    """Entries through a page cache: each distinct table page is read once (table PAs are page aligned,
+    so a page is either wholly readable or not, exactly as :func:`walk`'s per-entry reads see it)."""
+
+    def __init__(self, cache: PageCache) -> None:
+        self.cache = cache
+
+    def __call__(self, entry_pa: U64Array) -> tuple[U64Array, npt.NDArray[np.bool_]]:
+        pfns, inverse = np.unique(entry_pa >> np.uint64(12), return_inverse=True)
+        pfn_list = [int(p) for p in pfns.tolist()]
+        self.cache.prefetch(pfn_list)
+        pages = np.zeros((len(pfn_list), 512), dtype=np.uint64)
+        readable = np.zeros(len(pfn_list), dtype=np.bool_)
+        for k, pfn in enumerate(pfn_list):
+            try:
+                pages[k] = self.cache.page(pfn)
+            except MemoryAccessError:
+                continue
+            readable[k] = True
+        inverse = inverse.reshape(-1)
+        slot = ((entry_pa >> np.uint64(3)) & np.uint64(511)).astype(np.intp)
+        return pages[inverse, slot], readable[inverse]
 
 
 def _translate_vectorised(
-    memory: ArrayBackedMemory, cr3: int, vas: U64Array, mode: PagingMode, with_attributes: bool
+    gather: _Gather, cr3: int, vas: U64Array, mode: PagingMode, with_attributes: bool
 ) -> BatchResult:
-    u64 = memory.u64_array()
-    layout = memory.layout
     n = vas.size
     out_pa = np.zeros(n, dtype=np.uint64)
     out_level = np.zeros(n, dtype=np.uint8)
@@ -492,8 +525,7 @@ def _translate_vectorised(
             break
         shift = np.uint64(LEVEL_SHIFTS[lvl])
         entry_pa = table | (((va >> shift) & np.uint64(0x1FF)) << np.uint64(3))
-        offs, inside = layout.file_offsets(entry_pa)
-        entry = u64[(offs >> np.uint64(3)).astype(np.intp)]
+        entry, inside = gather(entry_pa)
 
         present = (entry & np.uint64(PTE_P)) != zero
         rsvd_bits, leaf = _classify(entry, lvl, mode)
@@ -814,8 +846,40 @@ class Snapshot:
             tuple(_coalesce_pairs(changed)),
         )
 
-    def format(self, *, max_ranges: int | None = None) -> str:
-        """A readable dump sorted by VA, for failing-test reports."""
+    def random_vas(self, n: int, seed: int = 0) -> npt.NDArray[np.uint64]:
+        """``n`` mapped VAs: each in a range chosen uniformly (so small ranges are not drowned by the
+        physmap), at a uniform 8-byte aligned offset inside it."""
+        if not self.ranges:
+            return np.zeros(0, dtype=np.uint64)
+        rng = np.random.default_rng(seed)
+        which = rng.integers(0, len(self.ranges), size=n)
+        starts = np.array([r.va for r in self.ranges], dtype=np.uint64)[which]
+        sizes = np.array([r.size for r in self.ranges], dtype=np.uint64)[which]
+        offsets = (rng.random(n) * sizes.astype(np.float64)).astype(np.uint64) & ~np.uint64(7)
+        return np.asarray(starts + np.minimum(offsets, sizes - np.uint64(8)), dtype=np.uint64)
+
+    def groups(self) -> list[tuple[MappedRange, ...]]:
+        """Ranges merged where they follow each other in VA with the same leaf size and attributes,
+        whatever their PAs (the kernel hands out frames highest first, so pool and PFN-database pages
+        are each a range of their own)."""
+        out: list[list[MappedRange]] = []
+        for r in self.ranges:
+            last = out[-1][-1] if out else None
+            if last is not None and last.va_end == r.va and last.leaf_size == r.leaf_size \
+                    and last.attributes == r.attributes:
+                out[-1].append(r)
+            else:
+                out.append([r])
+        return [tuple(g) for g in out]
+
+    def format(self, *, max_ranges: int | None = None, compact: bool = False) -> str:
+        """A readable dump sorted by VA, for failing-test reports.
+
+        ``compact`` prints one line per :meth:`groups` entry (PAs then shown as the number of runs and
+        their span). ``max_ranges`` bounds the lines of ranges and of anomalies: the first
+        ``max_ranges - max_ranges // 4`` and the last ``max_ranges // 4`` are shown, with a line saying how
+        many were left out between them.
+        """
         m = self.mode
         pat = " ".join(t.label for t in m.pat_types)
         lines = [
@@ -832,21 +896,43 @@ class Snapshot:
             "A accessed, D dirty; PK=n protection key"
         )
         lines.append(RANGE_HEADER)
-        shown = self.ranges if max_ranges is None else self.ranges[:max_ranges]
-        lines += [r.format_line() for r in shown]
-        if len(shown) < len(self.ranges):
-            lines.append(f"... {len(self.ranges) - len(shown)} more ranges not shown")
+        rows = [_group_line(g) for g in self.groups()] if compact else [r.format_line() for r in self.ranges]
+        lines += _bounded(rows, max_ranges, "ranges")
         lines.append(
             f"{len(self.ranges)} ranges, {self.leaf_count} leaf entries, {format_size(self.mapped_bytes)} "
             f"mapped; {self.tables_read} tables read"
         )
         if self.anomalies:
             lines.append(f"Anomalies ({len(self.anomalies)}):")
-            lines += ["  " + a.describe() for a in self.anomalies]
+            lines += _bounded(["  " + a.describe() for a in self.anomalies], max_ranges, "anomalies")
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.format()
+
+
+def _group_line(group: Sequence[MappedRange]) -> str:
+    if len(group) == 1:
+        return group[0].format_line()
+    first, last = group[0], group[-1]
+    size = sum(r.size for r in group)
+    lo, hi = min(r.pa for r in group), max(r.pa_end for r in group)
+    pas = f"{len(group)} PA runs in {lo:#x}-{hi:#x}"
+    leaf = {4096: "4K", 1 << 21: "2M", 1 << 30: "1G"}.get(first.leaf_size, format_size(first.leaf_size))
+    return (
+        f"{first.va:#018x}-{last.va_end:#018x}  {pas:<31}  {format_size(size):>9}  {leaf:>2}  "
+        f"{first.attributes.label()}"
+    )
+
+
+def _bounded(rows: list[str], limit: int | None, what: str) -> list[str]:
+    if limit is None or len(rows) <= limit:
+        return rows
+    if limit <= 0:
+        return [f"... {len(rows)} {what} not shown"]
+    tail = limit // 4
+    head = limit - tail
+    return [*rows[:head], f"... {len(rows) - head - tail} {what} not shown ...", *rows[len(rows) - tail :]]
 
 
 def _same_run(a: MappedRange, b: MappedRange) -> bool:
