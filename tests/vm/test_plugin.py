@@ -1,8 +1,12 @@
 """The pytest plugin, seen from outside: a real inner pytest run that boots a real VM."""
 
+import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pexpect
 import pytest
 
 OUTCOMES_DEMO = """
@@ -80,3 +84,27 @@ def test_bad_shard_spec_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--shard", "3/2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--shard takes I/N*"])
+
+
+def test_gdb_option_waits_for_the_debugger_and_runs_once_it_detaches(pytester: pytest.Pytester) -> None:
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        pytest.skip("gdb is not installed (ci/setup installs it)")
+    pytester.makepyfile(test_demo="def test_vm(vm):\n    assert vm.mm.kernel_info().levels == 4\n")
+    run = pexpect.spawn(sys.executable, ["-m", "pytest", "-p", "no:cacheprovider", "-q", "-s", "--gdb",
+                                         "--vm-config", "default", "-p", "no:xdist"],
+                        cwd=str(pytester.path), encoding="utf-8", timeout=120)
+    try:
+        run.expect(r"gdb (\S+) -ex 'set architecture i386:x86-64' -ex 'target remote (\S+)'")
+        kernel, socket_path = run.match.group(1), run.match.group(2)
+        # The VM is stopped before its first instruction: gdb sees the PVH entry point's registers.
+        attach = subprocess.run(
+            [gdb, "-batch", "-nx", kernel, "-ex", "set architecture i386:x86-64",
+             "-ex", f"target remote {socket_path}", "-ex", "info registers rip", "-ex", "detach"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert "rip" in attach.stdout, attach.stdout + attach.stderr
+        run.expect(r"1 passed")
+        run.expect(pexpect.EOF)
+    finally:
+        run.close(force=True)
