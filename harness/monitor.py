@@ -26,20 +26,16 @@ class QemuMonitor:
         self._qmp = qmp
         self.scratch_dir = scratch_dir
 
-    def hmp(self, command_line: str, timeout: float = 10.0) -> str:
-        return self._qmp.hmp(command_line, timeout)
+    def hmp(self, command_line: str, timeout: float = 10.0, cpu: int = 0) -> str:
+        """One HMP command on one vCPU (QMP's cpu-index: an HMP `cpu N` does not outlive its command)."""
+        return self._qmp.hmp(command_line, timeout, cpu)
 
     def command(self, name: str, **arguments: object) -> object:
         return self._qmp.command(name, arguments)
 
-    def _select_cpu(self, cpu: int) -> None:
-        if cpu:
-            self.hmp(f"cpu {cpu}")
-
     def gva2gpa(self, va: int, cpu: int = 0) -> int | None:
         """QEMU's translation of `va` on `cpu`, or None where QEMU reports it unmapped."""
-        self._select_cpu(cpu)
-        output = self.hmp(f"gva2gpa {va:#x}")
+        output = self.hmp(f"gva2gpa {va:#x}", cpu=cpu)
         match = _GPA.search(output)
         if match:
             return int(match.group(1), 16)
@@ -60,8 +56,7 @@ class QemuMonitor:
 
     def registers(self, cpu: int = 0) -> dict[str, int]:
         """CR0, CR2, CR3, CR4, EFER, RIP and RSP of one vCPU, from HMP `info registers`."""
-        self._select_cpu(cpu)
-        output = self.hmp("info registers")
+        output = self.hmp("info registers", cpu=cpu)
         found = {name: int(value, 16) for name, value in _REGISTER.findall(output)}
         missing = {"CR0", "CR3", "CR4", "EFER"} - found.keys()
         if missing:

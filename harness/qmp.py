@@ -130,9 +130,9 @@ class QmpChannel:
         self._write_log("reply", {"execute": name, "return": result})
         return result
 
-    def hmp(self, command_line: str, timeout: float = 10.0) -> str:
-        """Run a human-monitor command and return its text output."""
-        output = self.command("human-monitor-command", {"command-line": command_line}, timeout)
+    def hmp(self, command_line: str, timeout: float = 10.0, cpu: int = 0) -> str:
+        """Run a human-monitor command on vCPU `cpu` and return its text output."""
+        output = self.command("human-monitor-command", {"command-line": command_line, "cpu-index": cpu}, timeout)
         if not isinstance(output, str):
             raise InfrastructureError(f"{self.vm_name}: HMP {command_line!r} returned {output!r}")
         return output

@@ -175,6 +175,21 @@ def _chunks(va: int, length: int) -> Iterator[tuple[int, int]]:
         offset += size
 
 
+_SIZE_SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def machine_size_option(machine: str, key: str) -> int | None:
+    """A size property of a `-machine` string (``q35,max-ram-below-4g=2G`` → 2 GiB), QEMU's suffixes."""
+    for option in machine.split(",")[1:]:
+        name, _, value = option.partition("=")
+        if name.strip() == key:
+            m = re.fullmatch(r"\s*(\d+)\s*([bkmgtBKMGT]?)\s*", value)
+            if m is None:
+                raise ValueError(f"-machine {key}={value!r} is not a size")
+            return int(m.group(1)) * _SIZE_SUFFIX[m.group(2).lower()]
+    return None
+
+
 def parse_registers(text: str) -> dict[int, dict[str, int]]:
     """{vCPU index: {register: value}} from `info registers -a` (or plain `info registers`: vCPU 0)."""
     headers = list(_CPU_HEADER.finditer(text))
@@ -200,13 +215,13 @@ class Verifier:
     def __init__(self, vm: Vm) -> None:
         self._vm = vm
         config = vm.config
-        self.layout = RamLayout.for_machine(config.machine, config.memory_bytes)
+        self.layout = RamLayout.for_machine(config.machine, config.memory_bytes,
+                                            machine_size_option(config.machine, "max-ram-below-4g"))
         self.layout_problems = self._check_layout(vm.memory_map)
         self.monitor_memory = MonitorMemory(vm.qemu, self.layout)
         fd = vm.machine.shared_ram_fd
         self.shared_memory = SharedRamMemory(fd, self.layout) if fd is not None else None
         self._facts: _CpuFacts | None = None
-        self._depth = 0
         self._window: Window | None = None
         self.last_cpu: CpuState | None = None  # vCPU 0 as last seen stopped (for post-mortem dumps)
 
@@ -302,18 +317,14 @@ class Verifier:
         """Stop the vCPUs (unless already stopped), read every vCPU's paging registers, yield a Window,
         then let the guest run again. Nested windows share the outer one's stop."""
         self._require_alive()
-        facts = self._cpu_facts(ask_guest=ask_guest, timeout=timeout)  # may ask the agent: guest running
         if self._window is not None:
             if self._window.cpu.index != cpu:
                 raise VerificationError("a nested stopped() window must use the outer window's vCPU")
-            self._depth += 1
-            try:
-                yield self._window
-            finally:
-                self._depth -= 1
+            yield self._window  # the outer window stops and resumes the guest
             return
+        facts = self._cpu_facts(ask_guest=ask_guest, timeout=timeout)  # may ask the agent: guest still running
         status = self._qmp("query-status", timeout=timeout)
-        was_running = isinstance(status, dict) and bool(status.get("running"))
+        was_running = isinstance(status, dict) and bool(status.get("running"))  # else someone else paused it
         if was_running:
             self._qmp("stop", timeout=timeout)
         try:
@@ -323,14 +334,16 @@ class Verifier:
                 raise VerificationError(f"no vCPU {cpu}; QEMU shows {[c.index for c in cpus]}")
             self.last_cpu = next((c for c in cpus if c.index == 0), chosen)
             self._window = Window(chosen, cpus, self.shared_memory, PageCache(self.monitor_memory))
-            self._depth = 1
             yield self._window
-        finally:
+        except BaseException:
             self._window = None
-            self._depth = 0
-            if was_running:
+            if was_running:  # resume, but let the first error be the one reported
                 with contextlib.suppress(InfrastructureError):
                     self._qmp("cont", timeout=timeout)
+            raise
+        self._window = None
+        if was_running:
+            self._qmp("cont", timeout=timeout)
 
     def cpu_states(self) -> tuple[CpuState, ...]:
         """Every vCPU's CR0/CR3/CR4/EFER and paging mode, from QEMU with the guest stopped."""
@@ -630,5 +643,13 @@ class Verifier:
         return snap.format(max_ranges=max_ranges, compact=True) + note
 
 
-__all__ = ["AGENT_CHUNK", "CpuState", "VerificationError", "Verifier", "Window", "parse_gva2gpa",
-           "parse_registers"]
+__all__ = [
+    "AGENT_CHUNK",
+    "CpuState",
+    "VerificationError",
+    "Verifier",
+    "Window",
+    "machine_size_option",
+    "parse_gva2gpa",
+    "parse_registers",
+]

@@ -2,6 +2,7 @@
 #include "agent.h"
 #include "bugcodes.h"
 #include "kstring.h"
+#include "pic.h"
 #include "protocol.h"
 #include "uart.h"
 #include "x86.h"
@@ -11,6 +12,8 @@
 void agent_init(void)
 {
 	uart_init(COM2_PORT);
+	uart_enable_receive_interrupt(COM2_PORT);
+	pic_unmask(COM2_IRQ);
 }
 
 static bool values_match(const struct command *c, const struct request *r)

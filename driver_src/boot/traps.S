@@ -1,7 +1,12 @@
 /*
- * Exception entry stubs for vectors 0-31. Every exception stops the kernel, so the stubs only
- * build a struct trap_frame (kernel/trap.h) and call trap_bugcheck(); nothing returns.
+ * Entry stubs for all 256 vectors. Exceptions (0-31) stop the kernel, so their stubs only build a
+ * struct trap_frame (include/trap.h) and call trap_bugcheck(); nothing returns. Interrupts (32-255)
+ * call interrupt_dispatch() and return to the interrupted code.
  */
+#include "x86.h"
+
+#define INTERRUPT_STUB_SIZE 16 /* interrupt stubs sit this far apart: the table below is computed */
+
 	.text
 
 .macro TRAP vector, has_error_code
@@ -43,6 +48,48 @@ trap_common:
 	call trap_bugcheck
 	ud2
 
+/* .org pads each stub to INTERRUPT_STUB_SIZE, and refuses to assemble one that outgrew it. */
+	.balign INTERRUPT_STUB_SIZE
+interrupt_stubs:
+	.set vector, FIRST_INTERRUPT_VECTOR
+	.rept IDT_VECTORS - FIRST_INTERRUPT_VECTOR
+1:	push $vector
+	jmp interrupt_common
+	.org 1b + INTERRUPT_STUB_SIZE, 0xCC
+	.set vector, vector + 1
+	.endr
+
+/* Saves what the C ABI lets interrupt_dispatch() clobber, and rbx, which keeps the unaligned rsp. */
+interrupt_common:
+	push %rax
+	push %rcx
+	push %rdx
+	push %rsi
+	push %rdi
+	push %r8
+	push %r9
+	push %r10
+	push %r11
+	push %rbx
+	mov 80(%rsp), %rdi /* the vector */
+	mov %rsp, %rbx
+	and $-16, %rsp
+	cld
+	call interrupt_dispatch
+	mov %rbx, %rsp
+	pop %rbx
+	pop %r11
+	pop %r10
+	pop %r9
+	pop %r8
+	pop %rdi
+	pop %rsi
+	pop %rdx
+	pop %rcx
+	pop %rax
+	add $8, %rsp /* the vector */
+	iretq
+
 	.section .rodata
 	.balign 8
 	.globl trap_entry_points
@@ -50,3 +97,11 @@ trap_entry_points:
 .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
 	.quad trap_\v
 .endr
+
+	.globl interrupt_entry_points
+interrupt_entry_points:
+	.set vector, 0
+	.rept IDT_VECTORS - FIRST_INTERRUPT_VECTOR
+	.quad interrupt_stubs + vector * INTERRUPT_STUB_SIZE
+	.set vector, vector + 1
+	.endr

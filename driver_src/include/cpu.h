@@ -3,7 +3,7 @@
 #include <stdbool.h>
 
 struct cpu_features {
-	bool nx, pge, pat, smep, smap, pdpe1gb, la57;
+	bool nx, pge, pat, smep, smap, pdpe1gb, la57, apic;
 };
 
 extern struct cpu_features cpu;

@@ -25,7 +25,11 @@
  *   next 1 GiB bound.  +------------------------------------------------+
  *                      | nonpaged pool: 1 GiB of VA, 4 KiB pages         |
  *                      +------------------------------------------------+
- *   0xFFFFFFFFFFFFFFFF
+ *                      :  unused                                         :
+ *   0xFFFFFFFFFFC00000 +------------------------------------------------+
+ *                      | HAL (NT's 4 MiB): device registers, 4 KiB UC   |
+ *                      | pages RW NX: the local APIC's at its base      |
+ *   0xFFFFFFFFFFFFFFFF +------------------------------------------------+
  *
  *   5-level paging: the same regions (all inside PML5 slot 0x1FF); the self-map moves to
  *   PML5 slot 0x1ED, 0xFFED000000000000..0xFFEDFFFFFFFFFFFF.
@@ -55,6 +59,9 @@
 #define PFN_DATABASE_BASE U64_C(0xFFFFFA8000000000)
 #define NONPAGED_POOL_ALIGN BIT(30)
 #define NONPAGED_POOL_SIZE BIT(30)
+
+#define HAL_BASE U64_C(0xFFFFFFFFFFC00000)
+#define LOCAL_APIC_BASE HAL_BASE
 
 #ifndef __ASSEMBLER__
 #include "paging.h"

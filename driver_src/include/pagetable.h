@@ -78,6 +78,9 @@ enum protection {
 
 /* A kernel leaf (A and D preset, global when the CPU has PGE, NX when it has NX). */
 uint64_t pte_kernel_leaf(uint64_t pa, unsigned level, enum protection protection);
+/* A kernel 4 KiB leaf for device registers: RW, NX, uncached (PCD|PWT: PAT entry 3, UC, or UC
+ * without PAT). */
+uint64_t pte_device_leaf(uint64_t pa);
 /* An entry pointing to a table. */
 uint64_t pte_table(uint64_t table_pa);
 /* The self-map entry of a top-level table: writable, never executable. */

@@ -1,4 +1,5 @@
-/* GDT, TSS with IST stacks, IDT; every CPU exception becomes a structured bugcheck. */
+/* GDT, TSS with IST stacks, IDT; every CPU exception becomes a structured bugcheck, every other
+ * vector goes to interrupt_dispatch(). */
 #pragma once
 #include <stdint.h>
 #include "compiler.h"
@@ -12,3 +13,5 @@ struct trap_frame {
 
 void trap_init(void);
 NORETURN void trap_bugcheck(struct trap_frame *frame);
+/* Called by boot/traps.S for vectors FIRST_INTERRUPT_VECTOR and up; returns to the interrupted code. */
+void interrupt_dispatch(uint64_t vector);

@@ -13,8 +13,10 @@
 #define EFER_LME BIT(8)
 #define EFER_NXE BIT(11)
 #define MSR_PAT 0x277
+#define MSR_APIC_BASE 0x1B /* bits 12..51: the local APIC's register page */
 
 /* CPUID feature bits, as bit numbers in the named leaf's register. */
+#define CPUID_1_EDX_APIC 9
 #define CPUID_1_EDX_PGE 13
 #define CPUID_1_EDX_PAT 16
 #define CPUID_7_EBX_SMEP 7
@@ -26,8 +28,13 @@
 
 #define COM1_PORT 0x3F8
 #define COM2_PORT 0x2F8
+#define COM2_IRQ 3                  /* its ISA IRQ (the harness: isa-serial irq=3) */
 #define DEBUG_EXIT_PORT 0xF4        /* isa-debug-exit: QEMU exits with status (value << 1) | 1 */
 #define DEBUG_EXIT_BUGCHECK 0x10    /* status 33: a bugcheck record precedes it */
+
+/* Vectors 0-31 are the CPU's exceptions; 32-255 are interrupts. */
+#define FIRST_INTERRUPT_VECTOR 32
+#define IDT_VECTORS 256
 
 #define GDT_KERNEL_CODE 0x08
 #define GDT_KERNEL_DATA 0x10
@@ -85,6 +92,13 @@ static inline uint64_t read_rsp(void)
 	return v;
 }
 
+static inline uint64_t rdtsc(void)
+{
+	uint32_t lo, hi;
+	asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return (uint64_t)hi << 32 | lo;
+}
+
 static inline void invlpg(uint64_t va)
 {
 	asm volatile("invlpg (%0)" ::"r"(va) : "memory");
@@ -105,6 +119,16 @@ static inline void outb(uint16_t port, uint8_t v)
 static inline void outl(uint16_t port, uint32_t v)
 {
 	asm volatile("outl %0, %1" ::"a"(v), "Nd"(port));
+}
+
+/*
+ * The kernel runs with interrupts off; it takes them only here. STI delays them by one instruction,
+ * so one that became pending after the caller's last check still wakes the HLT instead of being
+ * taken before it (and slept through).
+ */
+static inline void halt_until_interrupt(void)
+{
+	asm volatile("sti; hlt; cli" ::: "memory");
 }
 
 static inline NORETURN void halt_forever(void)

@@ -61,6 +61,7 @@ static NORETURN void nested_stop(const struct bugcheck *nested)
 
 void bugcheck_stop(const struct bugcheck *b)
 {
+	asm volatile("cli"); /* a stop is never interrupted, whoever called it */
 	stops_entered++;
 	if (stops_entered == 2)
 		nested_stop(b);

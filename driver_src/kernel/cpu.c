@@ -18,6 +18,7 @@ void cpu_detect(void)
 
 	cpu.pge = has(leaf1.edx, CPUID_1_EDX_PGE);
 	cpu.pat = has(leaf1.edx, CPUID_1_EDX_PAT);
+	cpu.apic = has(leaf1.edx, CPUID_1_EDX_APIC);
 	cpu.smep = has(leaf7.ebx, CPUID_7_EBX_SMEP);
 	cpu.smap = has(leaf7.ebx, CPUID_7_EBX_SMAP);
 	cpu.la57 = has(leaf7.ecx, CPUID_7_ECX_LA57);

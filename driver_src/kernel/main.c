@@ -11,7 +11,9 @@
 #include "frames.h"
 #include "kstring.h"
 #include "layout.h"
+#include "local_apic.h"
 #include "pagetable.h"
+#include "pic.h"
 #include "pool.h"
 #include "trap.h"
 
@@ -31,9 +33,9 @@ static void report_paging(void)
 		kprintf("mmhil: paging=5 requested but the CPU has no LA57: falling back to 4-level paging\n");
 	kprintf("mmhil: paging: %u-level%s, self-map slot 0x%x, PTE_BASE 0x%016lx\n", paging_levels,
 		paging_levels == 5 ? " (LA57)" : "", SELFMAP_SLOT, SELFMAP_PTE_BASE(paging_levels));
-	kprintf("mmhil: cpu:%s%s%s%s%s%s%s\n", cpu.nx ? " nx" : "", cpu.pge ? " pge" : "", cpu.pat ? " pat" : "",
+	kprintf("mmhil: cpu:%s%s%s%s%s%s%s%s\n", cpu.nx ? " nx" : "", cpu.pge ? " pge" : "", cpu.pat ? " pat" : "",
 		cpu.smep ? " smep" : "", cpu.smap ? " smap" : "", cpu.pdpe1gb ? " pdpe1gb" : "",
-		cpu.la57 ? " la57" : "");
+		cpu.la57 ? " la57" : "", cpu.apic ? " apic" : "");
 }
 
 static void report_memory_map(void)
@@ -77,6 +79,7 @@ static NORETURN void kernel_run(void)
 	pool_init();
 	report_frames();
 	report_layout();
+	local_apic_virtual_wire();
 	kprintf("mmhil: agent ready\n");
 	agent_run();
 }
@@ -85,6 +88,7 @@ void kernel_boot(uint32_t start_info_pa, uint32_t levels)
 {
 	paging_levels = levels;
 	console_init();
+	pic_init();
 	agent_init();
 	trap_init();
 	kprintf("mmhil: guest kernel, build %s\n", mmhil_build_id);

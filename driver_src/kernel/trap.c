@@ -11,7 +11,7 @@ enum vector {
 	VECTOR_GENERAL_PROTECTION = 13,
 	VECTOR_PAGE_FAULT = 14,
 	VECTOR_MACHINE_CHECK = 18,
-	VECTOR_COUNT = 32,
+	EXCEPTION_VECTORS = FIRST_INTERRUPT_VECTOR,
 };
 
 /* IST slots: #DF (a kernel stack overflow lands here), NMI and #MC run on stacks of their own. */
@@ -44,10 +44,11 @@ struct PACKED table_register {
 
 static struct tss tss;
 static uint8_t ist_stacks[IST_COUNT][IST_STACK_SIZE] ALIGNED(16);
-static struct idt_gate idt[VECTOR_COUNT];
+static struct idt_gate idt[IDT_VECTORS];
 /* null, 64-bit code, data (accessed bits preset), then the 16-byte TSS descriptor. */
 static uint64_t gdt[5] = {0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF};
-extern const uint64_t trap_entry_points[VECTOR_COUNT];
+extern const uint64_t trap_entry_points[EXCEPTION_VECTORS];
+extern const uint64_t interrupt_entry_points[IDT_VECTORS - FIRST_INTERRUPT_VECTOR];
 
 static void set_tss_descriptor(void)
 {
@@ -73,8 +74,9 @@ void trap_init(void)
 		tss.ist[i] = (uint64_t)ist_stacks[i] + IST_STACK_SIZE;
 	tss.iomap_base = sizeof(tss);
 	set_tss_descriptor();
-	for (unsigned v = 0; v < VECTOR_COUNT; v++) {
-		uint64_t entry = trap_entry_points[v];
+	for (unsigned v = 0; v < IDT_VECTORS; v++) {
+		uint64_t entry = v < EXCEPTION_VECTORS ? trap_entry_points[v]
+						       : interrupt_entry_points[v - FIRST_INTERRUPT_VECTOR];
 		idt[v] = (struct idt_gate){
 			.offset_low = (uint16_t)entry,
 			.selector = GDT_KERNEL_CODE,
@@ -103,7 +105,7 @@ void trap_init(void)
 }
 
 /* Exceptions NT turns into an exception record (KMODE_EXCEPTION_NOT_HANDLED); 0: a plain trap. */
-static const uint32_t exception_status[VECTOR_COUNT] = {
+static const uint32_t exception_status[EXCEPTION_VECTORS] = {
 	[0] = STATUS_INTEGER_DIVIDE_BY_ZERO,
 	[1] = STATUS_SINGLE_STEP,
 	[3] = STATUS_BREAKPOINT,
@@ -179,7 +181,7 @@ void trap_bugcheck(struct trap_frame *f)
 		set_stop(&b, NMI_HARDWARE_FAILURE, 0, 0, 0, 0);
 	else if (f->vector == VECTOR_MACHINE_CHECK)
 		set_stop(&b, MACHINE_CHECK_EXCEPTION, 0, 0, 0, 0);
-	else if (f->vector < VECTOR_COUNT && exception_status[f->vector])
+	else if (f->vector < EXCEPTION_VECTORS && exception_status[f->vector])
 		set_stop(&b, KMODE_EXCEPTION_NOT_HANDLED, exception_status[f->vector], f->rip, 0, 0);
 	else
 		set_stop(&b, UNEXPECTED_KERNEL_MODE_TRAP, f->vector, 0, 0, 0);

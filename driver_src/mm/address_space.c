@@ -7,6 +7,7 @@
 #include "layout.h"
 #include "ntddk.h"
 #include "pagetable.h"
+#include "x86.h"
 
 uint64_t physmap_size;
 unsigned physmap_leaf_level;
@@ -61,6 +62,13 @@ static void map_kernel_stack(const struct pt_view *tree)
 	}
 }
 
+/* The local APIC's registers, where the HAL region (layout.h) keeps them. */
+static void map_devices(const struct pt_view *tree)
+{
+	if (cpu.apic)
+		map_or_stop(tree, LOCAL_APIC_BASE, 1, pte_device_leaf(rdmsr(MSR_APIC_BASE) & PTE_ADDR_MASK));
+}
+
 /* The new tree points at the physmap's tables: one set of tables serves both trees. */
 static void share_physmap(const struct pt_view *tree)
 {
@@ -84,6 +92,7 @@ void address_space_switch(void (*next)(void))
 	map_image_section(&tree, __rodata_start, __rodata_end, PROT_READ);
 	map_image_section(&tree, __data_start, __data_end, PROT_READ_WRITE);
 	map_kernel_stack(&tree);
+	map_devices(&tree);
 	share_physmap(&tree);
 	root_table[SELFMAP_SLOT] = pte_selfmap(root);
 

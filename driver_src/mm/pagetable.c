@@ -122,6 +122,11 @@ uint64_t pte_kernel_leaf(uint64_t pa, unsigned level, enum protection protection
 	return entry;
 }
 
+uint64_t pte_device_leaf(uint64_t pa)
+{
+	return pte_kernel_leaf(pa, 1, PROT_READ_WRITE) | PTE_PCD | PTE_PWT;
+}
+
 uint64_t pte_table(uint64_t table_pa)
 {
 	return table_pa | PTE_P | PTE_RW | PTE_A;

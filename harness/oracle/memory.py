@@ -16,6 +16,7 @@ splits the RAM backend below and above 4 GiB.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import mmap
 import os
@@ -507,7 +508,8 @@ class PageCache:
                     self._pages[first] = MemoryAccessError(f"guest-physical page {first * PAGE:#x} is unreadable")
                 else:  # part of the run may be readable: fall back to single pages
                     for pfn in todo[i:j]:
-                        self.page(pfn)
+                        with contextlib.suppress(MemoryAccessError):  # remembered by page()
+                            self.page(pfn)
             else:
                 for k in range(count):
                     self._store(first + k, data[k * PAGE : (k + 1) * PAGE])
@@ -573,14 +575,23 @@ class MonitorMemory:
     a fresh file in ``monitor.scratch_dir``, which is read and deleted. Both cost one monitor round
     trip; the threshold keeps HMP answers under ~2 KB of text and is not tuned by measurement.
 
+    ``pmemsave`` writes its file on the host QEMU runs on. When that is not this host (QMP reached over
+    a network), pass ``pmemsave=False``: every read then goes through ``xp``, ``xp_chunk`` bytes per
+    command, so this backend works wherever QMP reaches.
+
     With a ``layout``, reads outside guest RAM are refused before anything is sent (QEMU itself
     returns whatever unassigned memory reads as). Stop the VM around multi-step reads.
     """
 
-    def __init__(self, monitor: Monitor, layout: RamLayout | None = None, *, xp_threshold: int = 512) -> None:
+    def __init__(self, monitor: Monitor, layout: RamLayout | None = None, *, xp_threshold: int = 512,
+                 pmemsave: bool = True, xp_chunk: int = 4096) -> None:
+        if xp_chunk <= 0 or xp_chunk % 8:
+            raise ValueError(f"xp_chunk must be a positive multiple of 8, not {xp_chunk}")
         self.monitor = monitor
         self.layout = layout
         self.xp_threshold = xp_threshold
+        self.pmemsave = pmemsave
+        self.xp_chunk = xp_chunk
 
     def read(self, pa: int, size: int) -> bytes:
         if size < 0 or pa < 0 or pa + size > 1 << 63:
@@ -590,8 +601,9 @@ class MonitorMemory:
         if self.layout is not None:
             self.layout.spans(pa, size)  # raises MemoryAccessError naming the RAM ranges
         start, end = pa & ~7, (pa + size + 7) & ~7
-        if end - start <= self.xp_threshold:
-            data = self._read_xp(start, (end - start) // 8)
+        if end - start <= self.xp_threshold or not self.pmemsave:
+            data = b"".join(self._read_xp(at, (min(end, at + self.xp_chunk) - at) // 8)
+                            for at in range(start, end, self.xp_chunk))
             return data[pa - start : pa - start + size]
         return self._read_pmemsave(pa, size)
 

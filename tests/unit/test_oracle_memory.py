@@ -14,6 +14,7 @@ from harness.oracle.memory import (
     BufferMemory,
     MemoryAccessError,
     MonitorMemory,
+    PageCache,
     PhysicalMemory,
     RamLayout,
     RamRegion,
@@ -397,3 +398,79 @@ def test_to_s64_for_qmp() -> None:
     assert to_s64(-5) == -5
     with pytest.raises(ValueError):
         to_s64(1 << 64)
+
+
+# --------------------------------------------------------------------------------------------------
+# PageCache and the batch walker over the monitor
+
+
+def test_page_cache_reads_each_page_once_in_runs(fake: FakeMonitor) -> None:
+    mon = MonitorMemory(fake, RamLayout.identity(1 * MiB))
+    cache = PageCache(mon)
+    cache.prefetch([1, 2, 3, 7, 2])
+    assert [args["val"] for _, args in fake.qmp_calls] == [0x1000, 0x7000]  # pages 1-3 in one pmemsave
+    assert [args["size"] for _, args in fake.qmp_calls] == [0x3000, 0x1000]
+    assert cache.read(0x1FFC, 8) == fake.memory.read(0x1FFC, 8)  # crosses pages 1 and 2: cached
+    assert cache.read_u64(0x3008) == fake.memory.read_u64(0x3008)
+    assert cache.read_u64(0x7003) == fake.memory.read_u64(0x7003)  # unaligned
+    assert len(fake.qmp_calls) == 2 and fake.hmp_calls == [] and cache.pages_cached == 4
+    assert cache.read(0x5000, 0) == b""
+    with pytest.raises(MemoryAccessError, match="read-only"):
+        cache.write(0x1000, b"x")
+
+
+def test_page_cache_remembers_unreadable_pages(fake: FakeMonitor) -> None:
+    mon = MonitorMemory(fake, RamLayout.identity(1 * MiB))
+    cache = PageCache(mon)
+    last = (1 * MiB >> 12) - 1
+    cache.prefetch([last, last + 1])  # the run fails as a whole, then page by page
+    assert cache.page(last).tobytes() == fake.memory.read(last << 12, 4096)
+    fetches = cache.fetches
+    for _ in range(2):
+        with pytest.raises(MemoryAccessError):
+            cache.page(last + 1)
+    assert cache.fetches == fetches, "an unreadable page is not asked for again"
+    with pytest.raises(MemoryAccessError):
+        cache.read(-8, 8)
+
+
+@pytest.mark.parametrize("levels", [4, 5])
+def test_batch_walk_over_the_monitor_reads_each_table_once(tmp_path: Path, levels: int) -> None:
+    sp = synthetic_address_space(levels, ram_size=4 * MiB)
+    fake = FakeMonitor(sp.memory, tmp_path)
+    mon = MonitorMemory(fake, sp.memory.layout)
+    vas = sp.random_vas(20000, seed=4)
+    want = translate_many(sp.memory, sp.cr3, vas, sp.mode, with_attributes=True)
+    got = translate_many(mon, sp.cr3, vas, sp.mode, with_attributes=True)
+    for a, b in zip(want, got, strict=True):
+        assert a is not None and b is not None and np.array_equal(a, b)
+    tables = snapshot(sp.memory, sp.cr3, sp.mode).tables_read
+    assert fake.hmp_calls == [] and len(fake.qmp_calls) <= tables, "one pmemsave per run of table pages"
+    cache = PageCache(mon)
+    translate_many(cache, sp.cr3, vas[:100], sp.mode)
+    calls = len(fake.qmp_calls)
+    translate_many(cache, sp.cr3, vas[:100], sp.mode)
+    assert len(fake.qmp_calls) == calls, "a shared cache serves the second batch"
+
+
+def test_shared_ram_from_an_unlinked_file_descriptor(tmp_path: Path) -> None:
+    path = tmp_path / "ram"
+    path.write_bytes(bytes(range(256)) * 64)
+    fd = os.open(path, os.O_RDWR)
+    path.unlink()  # as harness/machine.py does before QEMU starts
+    mem = SharedRamMemory(fd, RamLayout.identity(16384))
+    os.close(fd)  # the mapping holds its own reference
+    assert mem.read(0x100, 4) == bytes(range(4))
+    mem.write(0x2000, b"\xaa\xbb")
+    assert mem.read_u64(0x2000) & 0xFFFF == 0xBBAA
+    assert str(mem.path) == f"/proc/self/fd/{fd}"
+    mem.close()
+
+
+def test_monitor_without_pmemsave_reads_through_xp_only(fake: FakeMonitor) -> None:
+    mon = MonitorMemory(fake, RamLayout.identity(1 * MiB), pmemsave=False, xp_chunk=4096)
+    assert mon.read(0x1003, 10000) == fake.memory.read(0x1003, 10000)
+    assert fake.qmp_calls == []
+    assert fake.hmp_calls == ["xp /512xg 0x1000", "xp /512xg 0x2000", "xp /227xg 0x3000"]
+    with pytest.raises(ValueError):
+        MonitorMemory(fake, xp_chunk=12)

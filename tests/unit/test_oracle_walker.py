@@ -691,3 +691,45 @@ def test_snapshot_diff_split_large_page() -> None:
     d = before.diff(after)
     assert len(d.changed) == 1 and d.changed[0][0].size == SIZE_2M
     assert not before.diff(after, compare_leaf_size=False)
+
+
+def scattered_space() -> tuple[BufferMemory, PageTableBuilder, PagingMode]:
+    """small_space plus 40 pool pages on descending frames (as the guest kernel hands them out)."""
+    mem, b, mode = small_space()
+    for i in range(40):
+        b.map(0xFFFFFA8040000000 + i * SIZE_4K, (0x1F0 - i) * SIZE_4K, flags=PTE_P | PTE_RW | PTE_NX | PTE_G)
+    return mem, b, mode
+
+
+def test_snapshot_groups_merge_scattered_frames_with_equal_attributes() -> None:
+    mem, b, mode = scattered_space()
+    s = snapshot(mem, b.cr3, mode)
+    assert len(s.ranges) == 4 + 40
+    groups = s.groups()
+    assert [len(g) for g in groups] == [1, 1, 1, 1, 40]  # the RO page after the RW run stays apart
+    compact = s.format(compact=True)
+    assert "0xfffffa8040000000-0xfffffa8040028000  40 PA runs in 0x1c9000-0x1f1000" in compact
+    assert len(compact.splitlines()) == len(s.format().splitlines()) - 39
+
+
+def test_snapshot_format_is_bounded() -> None:
+    mem, b, mode = scattered_space()
+    s = snapshot(mem, b.cr3, mode)
+    text = s.format(max_ranges=8)
+    lines = text.splitlines()
+    assert "... 36 ranges not shown ..." in text
+    assert lines[4].startswith("0x0000000000010000-")  # the first ranges are shown ...
+    assert lines[-2].startswith("0xfffffa8040027000-")  # ... and the last ones
+    assert len([ln for ln in lines if ln.startswith("0x")]) == 8
+    assert "... 44 ranges not shown" in s.format(max_ranges=0)
+    assert s.format(max_ranges=100) == s.format()
+
+
+def test_snapshot_random_vas_are_mapped_in_every_range() -> None:
+    mem, b, mode = scattered_space()
+    s = snapshot(mem, b.cr3, mode)
+    vas = s.random_vas(2000, seed=1)
+    assert vas.dtype == np.uint64 and vas.size == 2000
+    assert translate_many(mem, b.cr3, vas, mode).ok.all()
+    assert {id(s.lookup(int(v))) for v in vas.tolist()} == {id(r) for r in s.ranges}
+    assert snapshot(mem, 0x1000, mode).random_vas(5).size == 0  # nothing mapped
