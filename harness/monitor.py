@@ -21,6 +21,16 @@ _REGISTER = re.compile(r"\b(CR0|CR2|CR3|CR4|EFER|RIP|RSP)=([0-9a-fA-F]+)")
 _XP_UNITS = {1: "b", 2: "h", 4: "w", 8: "g"}
 
 
+def parse_gva2gpa(text: str) -> int | None:
+    """HMP gva2gpa's answer: the guest-physical address, or None for `Unmapped`."""
+    match = _GPA.search(text)
+    if match:
+        return int(match.group(1), 16)
+    if "Unmapped" in text:
+        return None
+    raise InfrastructureError(f"unexpected gva2gpa output: {text!r}")
+
+
 class QemuMonitor:
     def __init__(self, qmp: QmpChannel, scratch_dir: Path) -> None:
         self._qmp = qmp
@@ -35,13 +45,7 @@ class QemuMonitor:
 
     def gva2gpa(self, va: int, cpu: int = 0) -> int | None:
         """QEMU's translation of `va` on `cpu`, or None where QEMU reports it unmapped."""
-        output = self.hmp(f"gva2gpa {va:#x}", cpu=cpu)
-        match = _GPA.search(output)
-        if match:
-            return int(match.group(1), 16)
-        if "Unmapped" in output:
-            return None
-        raise InfrastructureError(f"unexpected gva2gpa output for {va:#x}: {output!r}")
+        return parse_gva2gpa(self.hmp(f"gva2gpa {va:#x}", cpu=cpu))
 
     def xp(self, pa: int, count: int, unit: int = 8) -> list[int]:
         """`count` little-endian values of `unit` bytes at guest-physical `pa`."""

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from harness.errors import BugCheck, InfrastructureError
+from harness.monitor import parse_gva2gpa
 from harness.oracle.memory import (
     MemoryAccessError,
     MonitorMemory,
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
 
 _REGISTER = re.compile(r"\b(CR0|CR2|CR3|CR4|EFER|RIP|RSP)=([0-9a-fA-F]+)")
 _CPU_HEADER = re.compile(r"^CPU#(\d+)\s*$", re.MULTILINE)
-_GPA = re.compile(r"gpa:\s*(0x[0-9a-fA-F]+|0)\b")
 
 AGENT_CHUNK = 4096  # read_va / write_va carry at most this many bytes (docs/agent-protocol.md)
 QMP_TIMEOUT = 10.0
@@ -200,15 +200,6 @@ def parse_registers(text: str) -> dict[int, dict[str, int]]:
         end = headers[k + 1].start() if k + 1 < len(headers) else len(text)
         out[int(m.group(1))] = {name: int(value, 16) for name, value in _REGISTER.findall(text[m.end() : end])}
     return out
-
-
-def parse_gva2gpa(text: str) -> int | None:
-    match = _GPA.search(text)
-    if match:
-        return int(match.group(1), 16)
-    if "Unmapped" in text:
-        return None
-    raise InfrastructureError(f"unexpected gva2gpa output: {text!r}")
 
 
 class Verifier:
@@ -650,6 +641,5 @@ __all__ = [
     "Verifier",
     "Window",
     "machine_size_option",
-    "parse_gva2gpa",
     "parse_registers",
 ]

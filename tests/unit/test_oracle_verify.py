@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from harness.errors import InfrastructureError
+from harness.monitor import parse_gva2gpa
 from harness.oracle.memory import BufferMemory, RamLayout, SharedRamMemory
 from harness.oracle.paging import PAT_GUEST, PTE_G, PTE_P, SIZE_2M, SIZE_4K, PagingMode
 from harness.oracle.synth import KERNEL_RW, PageTableBuilder, SyntheticSpace
 from harness.oracle.walker import walk
-from harness.verify import VerificationError, Verifier, machine_size_option, parse_gva2gpa, parse_registers
+from harness.verify import VerificationError, Verifier, machine_size_option, parse_registers
 
 MiB = 1 << 20
 RAM = 32 * MiB
