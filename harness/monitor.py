@@ -67,6 +67,14 @@ class QemuMonitor:
             raise InfrastructureError(f"info registers lacks {sorted(missing)}: {output[:500]!r}")
         return found
 
+    def task_priority(self, cpu: int = 0) -> int:
+        """The local APIC's TPR, from HMP `info lapic`: CR8 (the IRQL on x64) is TPR bits 7:4."""
+        output = self.hmp("info lapic", cpu=cpu)
+        match = re.search(r"\bTPR 0x([0-9a-f]+)", output)
+        if match is None:
+            raise InfrastructureError(f"info lapic shows no TPR: {output[:500]!r}")
+        return int(match.group(1), 16)
+
     @contextmanager
     def stopped(self) -> Iterator[None]:
         """Freeze the vCPUs for a consistent multi-step read, then let them run again."""

@@ -365,16 +365,42 @@ def vm_config(request: pytest.FixtureRequest) -> VmConfig:
     return config
 
 
+def leaks(before: dict[str, int], after: dict[str, int]) -> list[str]:
+    """What a test left behind: every count of `outstanding` that grew, and an IRQL left raised."""
+    found = [f"{key}: {before.get(key, 0)} -> {value}" for key, value in sorted(after.items())
+             if key != "irql" and value > before.get(key, 0)]
+    if after.get("irql", 0) != 0:
+        found.append(f"IRQL left at {after['irql']} (tests return to PASSIVE_LEVEL)")
+    return found
+
+
+def _leak_check(request: pytest.FixtureRequest, vm: Vm, before: dict[str, int]) -> list[str]:
+    """What a passing test left behind; nothing is checked after a failure or a crash."""
+    reports = request.node.stash.get(_REPORTS, {})
+    if any(r.failed for r in reports.values()) or not vm.alive:
+        return []
+    return leaks(before, vm.mm.outstanding())
+
+
+def _fail_for_leaks(vm: Vm, left: list[str]) -> None:
+    if left:
+        pytest.fail(f"{vm.name}: the test left kernel state behind (the VM is discarded, so the next test "
+                    f"starts clean):\n  " + "\n  ".join(left), pytrace=False)
+
+
 @pytest.fixture
 def vm(request: pytest.FixtureRequest, vm_pool: VmPool, vm_config: VmConfig) -> Iterator[Vm]:
-    """A booted VM of the test's config; shared with later tests unless this one fails or crashes it."""
+    """A booted VM of the test's config; shared with later tests unless this one fails, crashes it or
+    leaks kernel objects (which fails it)."""
     slot, machine = vm_pool.get(vm_config)
     request.node.stash[_SLOT] = slot
+    before = machine.mm.outstanding()
     yield machine
+    left = _leak_check(request, machine, before)
     reports = request.node.stash.get(_REPORTS, {})
-    failed = any(r.failed for r in reports.values())
-    if failed or not machine.alive:
+    if left or any(r.failed for r in reports.values()) or not machine.alive:
         vm_pool.discard(vm_config.name)
+    _fail_for_leaks(machine, left)
 
 
 @pytest.fixture
@@ -383,5 +409,9 @@ def fresh_vm(request: pytest.FixtureRequest, vm_pool: VmPool, vm_config: VmConfi
     vm_pool.discard(vm_config.name)
     slot, machine = vm_pool.get(vm_config)
     request.node.stash[_SLOT] = slot
+    before = machine.mm.outstanding()
     yield machine
-    vm_pool.discard(vm_config.name)
+    try:
+        _fail_for_leaks(machine, _leak_check(request, machine, before))
+    finally:
+        vm_pool.discard(vm_config.name)

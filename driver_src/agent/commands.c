@@ -4,6 +4,7 @@
 #include "build_info.h"
 #include "cpu.h"
 #include "frames.h"
+#include "irql.h"
 #include "kstring.h"
 #include "layout.h"
 #include "ntddk.h"
@@ -132,55 +133,79 @@ static void write_va(const struct request *r)
 	frame_close();
 }
 
-static bool tag_ok(const struct request *r, uint64_t tag)
+static void get_current_irql(const struct request *r)
 {
-	if (tag <= ULONG_MAX_VALUE)
-		return true;
-	frame_error(r->id, ERROR_BAD_ARGUMENT, "a tag is a ULONG: at most 0xffffffff");
-	return false;
-}
-
-static void allocate_pool(const struct request *r)
-{
-	uint64_t type = r->values[0].integer, bytes = r->values[1].integer, tag = r->values[2].integer;
-	if (type != NonPagedPool && type != NonPagedPoolNx) {
-		frame_error(r->id, ERROR_BAD_ARGUMENT, "pool_type must be NonPagedPool (0) or NonPagedPoolNx (512)");
-		return;
-	}
-	if (!tag_ok(r, tag))
-		return;
-	PVOID va = ExAllocatePoolWithTag((POOL_TYPE)type, bytes, (ULONG)tag);
 	frame_open_response(r->id);
-	frame_hex("va", (uint64_t)va);
+	frame_decimal("irql", KeGetCurrentIrql());
 	frame_close();
 }
 
-static void free_pool(const struct request *r)
+static void raise_irql(const struct request *r)
 {
-	uint64_t tag = r->values[1].integer;
-	if (!tag_ok(r, tag))
+	if (!argument_at_most(r, "irql", r->values[0].integer, 0xFF))
 		return;
-	ExFreePoolWithTag((PVOID)r->values[0].integer, (ULONG)tag);
+	KIRQL old;
+	KeRaiseIrql((KIRQL)r->values[0].integer, &old);
+	frame_open_response(r->id);
+	frame_decimal("old_irql", old);
+	frame_close();
+}
+
+static void lower_irql(const struct request *r)
+{
+	if (!argument_at_most(r, "irql", r->values[0].integer, 0xFF))
+		return;
+	KeLowerIrql((KIRQL)r->values[0].integer);
 	frame_open_response(r->id);
 	frame_close();
 }
 
-static const struct command commands[] = {
-	{"hello", "", "no values", hello},
-	{"kernel_info", "", "no values", kernel_info},
-	{"frame_stats", "", "no values", frame_statistics},
-	{"MmGetPhysicalAddress", "i", "<va:integer>", get_physical_address},
-	{"MmIsAddressValid", "i", "<va:integer>", is_address_valid},
-	{"read_va", "ii", "<va:integer> <length:integer>", read_va},
-	{"write_va", "ib", "<va:integer> <data:bytes>", write_va},
-	{"ExAllocatePoolWithTag", "iii", "<pool_type:integer> <bytes:integer> <tag:integer>", allocate_pool},
-	{"ExFreePoolWithTag", "ii", "<va:integer> <tag:integer>", free_pool},
-};
+static void outstanding(const struct request *r)
+{
+	frame_open_response(r->id);
+	frame_decimal("irql", KeGetCurrentIrql());
+	outstanding_report();
+	frame_close();
+}
+
+AGENT_COMMAND("hello", "", "no values", hello);
+AGENT_COMMAND("kernel_info", "", "no values", kernel_info);
+AGENT_COMMAND("frame_stats", "", "no values", frame_statistics);
+AGENT_COMMAND("outstanding", "", "no values", outstanding);
+AGENT_COMMAND("MmGetPhysicalAddress", "i", "<va:integer>", get_physical_address);
+AGENT_COMMAND("MmIsAddressValid", "i", "<va:integer>", is_address_valid);
+AGENT_COMMAND("read_va", "ii", "<va:integer> <length:integer>", read_va);
+AGENT_COMMAND("write_va", "ib", "<va:integer> <data:bytes>", write_va);
+AGENT_COMMAND("KeGetCurrentIrql", "", "no values", get_current_irql);
+AGENT_COMMAND("KeRaiseIrql", "i", "<new_irql:integer>", raise_irql);
+AGENT_COMMAND("KeLowerIrql", "i", "<new_irql:integer>", lower_irql);
+
+extern const struct command *const __agent_commands_start[], *const __agent_commands_end[];
+extern void (*const __outstanding_reporters_start[])(void), (*const __outstanding_reporters_end[])(void);
 
 const struct command *command_find(const char *name, size_t length)
 {
-	for (unsigned i = 0; i < ARRAY_SIZE(commands); i++)
-		if (strlen(commands[i].name) == length && !memcmp(commands[i].name, name, length))
-			return &commands[i];
+	for (const struct command *const *c = __agent_commands_start; c < __agent_commands_end; c++)
+		if (strlen((*c)->name) == length && !memcmp((*c)->name, name, length))
+			return *c;
 	return 0;
+}
+
+void outstanding_report(void)
+{
+	for (void (*const *report)(void) = __outstanding_reporters_start; report < __outstanding_reporters_end; report++)
+		(*report)();
+}
+
+bool argument_fits_ulong(const struct request *r, const char *what, uint64_t value)
+{
+	return argument_at_most(r, what, value, ULONG_MAX_VALUE);
+}
+
+bool argument_at_most(const struct request *r, const char *what, uint64_t value, uint64_t max)
+{
+	if (value <= max)
+		return true;
+	frame_error(r->id, ERROR_BAD_ARGUMENT, "%s must be at most 0x%lx", what, max);
+	return false;
 }

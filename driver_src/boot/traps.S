@@ -1,7 +1,8 @@
 /*
- * Entry stubs for all 256 vectors. Exceptions (0-31) stop the kernel, so their stubs only build a
- * struct trap_frame (include/trap.h) and call trap_bugcheck(); nothing returns. Interrupts (32-255)
- * call interrupt_dispatch() and return to the interrupted code.
+ * Entry stubs for all 256 vectors. Exceptions (0-31) build a struct trap_frame (include/trap.h) and
+ * call trap_handle(), which returns only when the fault was expected (a fixup, include/nofault.h)
+ * and has rewritten the frame; everything else stops the kernel there. Interrupts (32-255) call
+ * interrupt_dispatch() and return to the interrupted code.
  */
 #include "x86.h"
 
@@ -44,9 +45,28 @@ trap_common:
 	push %r14
 	push %r15
 	mov %rsp, %rdi
+	mov %rsp, %rbx /* callee-saved: the frame, for the way back */
 	and $-16, %rsp
-	call trap_bugcheck
-	ud2
+	cld
+	call trap_handle
+	mov %rbx, %rsp
+	pop %r15
+	pop %r14
+	pop %r13
+	pop %r12
+	pop %r11
+	pop %r10
+	pop %r9
+	pop %r8
+	pop %rbp
+	pop %rdi
+	pop %rsi
+	pop %rdx
+	pop %rcx
+	pop %rbx
+	pop %rax
+	add $16, %rsp /* vector and error code */
+	iretq
 
 /* .org pads each stub to INTERRUPT_STUB_SIZE, and refuses to assemble one that outgrew it. */
 	.balign INTERRUPT_STUB_SIZE

@@ -20,6 +20,8 @@ enum pfn_state {
 	PFN_DATABASE,
 	PFN_KERNEL_STACK,
 	PFN_POOL,
+	PFN_MDL_PAGES,    /* MmAllocatePagesForMdl(Ex) */
+	PFN_CONTIGUOUS,   /* MmAllocateContiguousMemory* */
 	PFN_STATE_COUNT,
 };
 
@@ -36,7 +38,19 @@ void pfn_database_init(void);
 
 /* PFN_NONE when no frame is left (before the PFN database exists: bugchecks instead). */
 pfn_t frame_alloc(enum pfn_state purpose);
+/* Bugchecks PFN_LIST_CORRUPT when the frame is not in state expected, or still locked. */
 void frame_free(pfn_t pfn, enum pfn_state expected);
+/* count free frames in lowest..highest (inclusive) that do not cross a multiple of boundary_pages
+ * (0: no boundary); the first one's PFN, or PFN_NONE. */
+pfn_t frames_alloc_contiguous(uint64_t count, pfn_t lowest, pfn_t highest, uint64_t boundary_pages,
+			      enum pfn_state purpose);
+/* PFN_NOT_RAM for frames the database does not track (holes, MMIO, beyond the highest RAM). */
+enum pfn_state frame_state(pfn_t pfn);
+/* Lock counts for I/O (MDLs). Locking a free or non-RAM frame bugchecks MEMORY_MANAGEMENT 0x1233;
+ * unlocking one that is not locked, PFN_LIST_CORRUPT 0x07. Both return the new count. */
+uint32_t frame_lock(pfn_t pfn);
+uint32_t frame_unlock(pfn_t pfn);
+uint32_t frame_lock_count(pfn_t pfn);
 
 struct frame_stats frame_stats(void);
 unsigned ram_ranges(const struct ram_range **ranges); /* sorted, disjoint */

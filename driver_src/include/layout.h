@@ -18,7 +18,8 @@
  *   0xFFFFF80040000000 |   guard page (never mapped)                     |
  *   0xFFFFF80040001000 |   kernel stack, 16 KiB RW NX                    |
  *   0xFFFFF98000000000 +------------------------------------------------+
- *                      | system PTEs: reserved, 4 KiB only, unused yet   |
+ *                      | system PTEs: 22000 pages, 4 KiB only, tables    |
+ *                      | built at boot; every mapping DDI maps here      |
  *   0xFFFFFA8000000000 +------------------------------------------------+
  *                      | PFN database: 16 bytes per frame up to the      |
  *                      | highest RAM frame                               |

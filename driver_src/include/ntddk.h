@@ -1,6 +1,7 @@
 /* NT types and the DDIs this kernel implements, under their NT names and prototypes. */
 #pragma once
 #include <stdint.h>
+#include "irql.h"
 
 typedef void *PVOID;
 typedef uint8_t BOOLEAN;

@@ -63,6 +63,8 @@ struct tlb_flush {
 	bool live;
 };
 
+/* Creates the tables above level for va, so that its level entry exists; false when no frame is left. */
+MUST_USE bool pt_prepare(const struct pt_view *view, uint64_t va, unsigned level);
 /* Writes entry at level for va, creating missing tables above it; the slot must be empty. */
 MUST_USE struct tlb_flush pt_set(const struct pt_view *view, uint64_t va, unsigned level, uint64_t entry);
 /* Clears the leaf that maps va and returns its old value; va must be mapped. */

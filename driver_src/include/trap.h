@@ -12,6 +12,8 @@ struct trap_frame {
 };
 
 void trap_init(void);
-NORETURN void trap_bugcheck(struct trap_frame *frame);
+/* Called by boot/traps.S for vectors 0-31: returns only after resuming an expected fault at its
+ * fixup; any other exception becomes a bugcheck. */
+void trap_handle(struct trap_frame *frame);
 /* Called by boot/traps.S for vectors FIRST_INTERRUPT_VECTOR and up; returns to the interrupted code. */
 void interrupt_dispatch(uint64_t vector);

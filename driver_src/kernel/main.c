@@ -15,6 +15,7 @@
 #include "pagetable.h"
 #include "pic.h"
 #include "pool.h"
+#include "syspte.h"
 #include "trap.h"
 
 NORETURN void kernel_boot(uint32_t start_info_pa, uint32_t levels);
@@ -67,8 +68,8 @@ static void report_layout(void)
 		KERNEL_STACK_TOP);
 	kprintf("mmhil: layout: physmap 0x%016lx +0x%lx in %s leaves\n", PHYSMAP_BASE, physmap_size,
 		physmap_leaf_level == 3 ? "1 GiB" : "2 MiB");
-	kprintf("mmhil: layout: self-map 0x%016lx, system PTEs 0x%016lx (reserved)\n",
-		SELFMAP_PTE_BASE(paging_levels), SYSTEM_PTE_BASE);
+	kprintf("mmhil: layout: self-map 0x%016lx, system PTEs 0x%016lx-0x%016lx\n",
+		SELFMAP_PTE_BASE(paging_levels), SYSTEM_PTE_BASE, SYSTEM_PTE_END);
 	kprintf("mmhil: layout: PFN database 0x%016lx-0x%016lx, nonpaged pool 0x%016lx-0x%016lx\n",
 		PFN_DATABASE_BASE, pfn_database_end(), nonpaged_pool_base, nonpaged_pool_base + NONPAGED_POOL_SIZE);
 }
@@ -77,6 +78,7 @@ static NORETURN void kernel_run(void)
 {
 	pfn_database_init();
 	pool_init();
+	syspte_init();
 	report_frames();
 	report_layout();
 	local_apic_virtual_wire();

@@ -1,6 +1,8 @@
 #include "trap.h"
 #include "bugcheck.h"
 #include "bugcodes.h"
+#include "irql.h"
+#include "nofault.h"
 #include "pagetable.h"
 #include "raw_access.h"
 #include "x86.h"
@@ -127,6 +129,10 @@ static void set_stop(struct bugcheck *b, uint32_t code, uint64_t p1, uint64_t p2
 	b->parameters[3] = p4;
 }
 
+/* IRQL_NOT_LESS_OR_EQUAL P3: bit 0 a write, bit 3 an instruction fetch. */
+#define IRQL_FAULT_WRITE 0x1
+#define IRQL_FAULT_EXECUTE 0x8
+
 /* ddi-spec §13 [DECISION]: which stop a kernel #PF raises. */
 static void classify_page_fault(struct bugcheck *b, const struct trap_frame *f)
 {
@@ -134,9 +140,14 @@ static void classify_page_fault(struct bugcheck *b, const struct trap_frame *f)
 	uint64_t access = f->error & (PF_ERR_W | PF_ERR_ID); /* 0 read, 2 write, 0x10 execute */
 	struct pt_view live = pt_live();
 	struct pt_walk walk = pt_walk(&live, va);
+	KIRQL irql = KeGetCurrentIrql();
 
 	if (f->error & PF_ERR_RSVD) /* TCG reports 0x8 without P; the entry is corrupt either way */
 		set_stop(b, MEMORY_MANAGEMENT, MM_CORRUPTED_PTE, (uint64_t)walk.slot, walk.entry, va);
+	else if (!(f->error & PF_ERR_P) && irql >= DISPATCH_LEVEL) /* no driver images here: never 0xD1 */
+		set_stop(b, IRQL_NOT_LESS_OR_EQUAL, va, irql,
+			 (f->error & PF_ERR_W ? IRQL_FAULT_WRITE : 0) | (f->error & PF_ERR_ID ? IRQL_FAULT_EXECUTE : 0),
+			 f->rip);
 	else if (!(f->error & PF_ERR_P))
 		set_stop(b, PAGE_FAULT_IN_NONPAGED_AREA, va, access, f->rip,
 			 walk.stop == PT_NOT_PRESENT && walk.level > 1 ? PF_TYPE_TABLE_NOT_PRESENT : PF_TYPE_FREED_PTE);
@@ -161,7 +172,7 @@ static void classify_general_protection(struct bugcheck *b, const struct trap_fr
 
 static unsigned traps_entered;
 
-void trap_bugcheck(struct trap_frame *f)
+static NORETURN void trap_bugcheck(struct trap_frame *f)
 {
 	struct bugcheck b = {
 		.rip = f->rip,
@@ -186,4 +197,21 @@ void trap_bugcheck(struct trap_frame *f)
 	else
 		set_stop(&b, UNEXPECTED_KERNEL_MODE_TRAP, f->vector, 0, 0, 0);
 	bugcheck_stop(&b);
+}
+
+void trap_handle(struct trap_frame *f)
+{
+	if (f->vector == VECTOR_PAGE_FAULT || f->vector == VECTOR_GENERAL_PROTECTION) {
+		uint64_t resume = exception_fixup_for(f->rip);
+		if (resume) {
+			last_absorbed_fault = (struct absorbed_fault){
+				.vector = f->vector,
+				.address = f->vector == VECTOR_PAGE_FAULT ? read_cr2() : 0,
+				.error = f->error,
+			};
+			f->rip = resume;
+			return;
+		}
+	}
+	trap_bugcheck(f);
 }

@@ -10,10 +10,14 @@
 #define FOUR_GIB_PFN 0x100000
 #define BOOT_RUNS_MAX 1024
 
-/* 16 bytes: room for the lock and share counts that MDL locking will keep here. */
 struct pfn_entry {
-	pfn_t next_free; /* free frames: the next one on the free list (PFN_NONE ends it) */
+	pfn_t next_free;      /* while on_free_list: the next entry of the free list (PFN_NONE ends it) */
 	uint8_t state;
+	/* Contiguous allocations take frames out of the middle of the singly linked free list by
+	 * state alone; frame_alloc() drops such entries lazily when it pops them. */
+	uint8_t on_free_list;
+	uint16_t reserved;
+	uint32_t lock_count;  /* MmProbeAndLockPages and friends: frames locked for I/O */
 };
 _Static_assert(sizeof(struct pfn_entry) == 16, "PFN entry size");
 
@@ -128,11 +132,15 @@ static void transition(pfn_t pfn, enum pfn_state from, enum pfn_state to)
 	state_counts[to]++;
 }
 
+/* A frame that became free: back on the list unless its old entry was never popped. */
 static void push_free(pfn_t pfn)
 {
+	above_4g_free += pfn >= FOUR_GIB_PFN;
+	if (pfn_database[pfn].on_free_list)
+		return;
+	pfn_database[pfn].on_free_list = true;
 	pfn_database[pfn].next_free = free_head;
 	free_head = pfn;
-	above_4g_free += pfn >= FOUR_GIB_PFN;
 }
 
 pfn_t frame_alloc(enum pfn_state purpose)
@@ -142,19 +150,86 @@ pfn_t frame_alloc(enum pfn_state purpose)
 		log_boot_frame(pfn, purpose);
 		return pfn;
 	}
-	pfn_t pfn = free_head;
-	if (pfn == PFN_NONE)
+	for (;;) {
+		pfn_t pfn = free_head;
+		if (pfn == PFN_NONE)
+			return PFN_NONE;
+		free_head = pfn_database[pfn].next_free;
+		pfn_database[pfn].on_free_list = false;
+		if (pfn_database[pfn].state != PFN_FREE) /* taken by a contiguous allocation meanwhile */
+			continue;
+		transition(pfn, PFN_FREE, purpose);
+		above_4g_free -= pfn >= FOUR_GIB_PFN;
+		return pfn;
+	}
+}
+
+static bool run_is_free(pfn_t first, uint64_t count)
+{
+	for (uint64_t i = 0; i < count; i++)
+		if (pfn_database[first + i].state != PFN_FREE)
+			return false;
+	return true;
+}
+
+pfn_t frames_alloc_contiguous(uint64_t count, pfn_t lowest, pfn_t highest, uint64_t boundary_pages,
+			      enum pfn_state purpose)
+{
+	if (!database_ready || !count || lowest > highest)
 		return PFN_NONE;
-	transition(pfn, PFN_FREE, purpose);
-	free_head = pfn_database[pfn].next_free;
-	above_4g_free -= pfn >= FOUR_GIB_PFN;
-	return pfn;
+	if (highest > highest_pfn)
+		highest = highest_pfn;
+	if (lowest < LOW_MEMORY_END_PFN)
+		lowest = LOW_MEMORY_END_PFN;
+	if (highest < lowest || highest - lowest + 1 < count)
+		return PFN_NONE;
+	/* Highest run first, as frame_alloc() hands out frames. */
+	for (pfn_t first = highest + 1 - count;; first--) {
+		bool crosses = boundary_pages && first / boundary_pages != (first + count - 1) / boundary_pages;
+		if (!crosses && run_is_free(first, count)) {
+			for (uint64_t i = 0; i < count; i++) {
+				transition(first + i, PFN_FREE, purpose);
+				above_4g_free -= first + i >= FOUR_GIB_PFN;
+			}
+			return first;
+		}
+		if (first == lowest)
+			return PFN_NONE;
+	}
+}
+
+enum pfn_state frame_state(pfn_t pfn)
+{
+	return database_ready && pfn <= highest_pfn ? pfn_database[pfn].state : PFN_NOT_RAM;
+}
+
+uint32_t frame_lock(pfn_t pfn)
+{
+	enum pfn_state state = frame_state(pfn);
+	if (state == PFN_NOT_RAM || state == PFN_FREE)
+		KeBugCheckEx(MEMORY_MANAGEMENT, MM_LOCK_UNUSABLE_PAGE, pfn, state, 0);
+	return ++pfn_database[pfn].lock_count;
+}
+
+uint32_t frame_unlock(pfn_t pfn)
+{
+	if (frame_state(pfn) == PFN_NOT_RAM || !pfn_database[pfn].lock_count)
+		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_UNLOCKED_TOO_OFTEN, pfn, 0, 0);
+	return --pfn_database[pfn].lock_count;
+}
+
+uint32_t frame_lock_count(pfn_t pfn)
+{
+	return frame_state(pfn) == PFN_NOT_RAM ? 0 : pfn_database[pfn].lock_count;
 }
 
 void frame_free(pfn_t pfn, enum pfn_state expected)
 {
 	if (!database_ready || pfn > highest_pfn)
 		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_CORRUPT_STATE, pfn, PFN_NOT_RAM, expected);
+	if (pfn_database[pfn].lock_count)
+		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_FREED_WHILE_LOCKED, pfn, pfn_database[pfn].state,
+			     pfn_database[pfn].lock_count);
 	transition(pfn, expected, PFN_FREE);
 	push_free(pfn);
 }
@@ -183,9 +258,9 @@ void pfn_database_init(void)
 	pfn_t pfn = 0;
 	for (unsigned i = 0; i < ram_count; i++) {
 		for (; pfn < ram[i].first; pfn++)
-			pfn_database[pfn] = (struct pfn_entry){PFN_NONE, PFN_NOT_RAM};
+			pfn_database[pfn] = (struct pfn_entry){.state = PFN_NOT_RAM};
 		for (; pfn < ram[i].end; pfn++)
-			pfn_database[pfn] = (struct pfn_entry){PFN_NONE, PFN_FREE};
+			pfn_database[pfn] = (struct pfn_entry){.state = PFN_FREE};
 		total_frames += ram[i].end - ram[i].first;
 		if (ram[i].end > FOUR_GIB_PFN)
 			above_4g_total += ram[i].end - (ram[i].first > FOUR_GIB_PFN ? ram[i].first : FOUR_GIB_PFN);
@@ -230,6 +305,7 @@ const char *pfn_state_name(enum pfn_state state)
 		[PFN_FIRMWARE] = "firmware",	       [PFN_KERNEL_IMAGE] = "kernel-image",
 		[PFN_PAGE_TABLE] = "page-table",     [PFN_DATABASE] = "pfn-database",
 		[PFN_KERNEL_STACK] = "kernel-stack", [PFN_POOL] = "pool",
+		[PFN_MDL_PAGES] = "mdl-pages",       [PFN_CONTIGUOUS] = "contiguous",
 	};
 	return state < PFN_STATE_COUNT ? names[state] : "?";
 }

@@ -73,18 +73,31 @@ static bool install_table(const struct pt_view *view, volatile uint64_t *slot, u
 	return true;
 }
 
-struct tlb_flush pt_set(const struct pt_view *view, uint64_t va, unsigned level, uint64_t entry)
+/* The slot at level for va, creating the tables above it; 0 when no frame is left for one. */
+static volatile uint64_t *prepared_slot(const struct pt_view *view, uint64_t va, unsigned level)
 {
 	uint64_t parent = 0;
 	for (unsigned l = paging_levels; l > level; l--) {
 		volatile uint64_t *slot = entry_slot(view, l, va, parent);
 		if (!(*slot & PTE_P) && !install_table(view, slot, l, va))
-			return (struct tlb_flush){.changed = false};
+			return 0;
 		parent = *slot;
 		if (is_leaf(parent, l))
 			unexpected_entry(slot, parent);
 	}
-	volatile uint64_t *slot = entry_slot(view, level, va, parent);
+	return entry_slot(view, level, va, parent);
+}
+
+bool pt_prepare(const struct pt_view *view, uint64_t va, unsigned level)
+{
+	return prepared_slot(view, va, level) != 0;
+}
+
+struct tlb_flush pt_set(const struct pt_view *view, uint64_t va, unsigned level, uint64_t entry)
+{
+	volatile uint64_t *slot = prepared_slot(view, va, level);
+	if (!slot)
+		return (struct tlb_flush){.changed = false};
 	if (*slot & PTE_P)
 		unexpected_entry(slot, *slot);
 	*slot = entry;

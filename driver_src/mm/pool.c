@@ -17,6 +17,7 @@
 #include "layout.h"
 #include "ntddk.h"
 #include "pagetable.h"
+#include "protocol.h"
 
 #define POOL_UNIT 16
 #define UNITS_PER_PAGE (PAGE_SIZE / POOL_UNIT)
@@ -332,3 +333,21 @@ void ExFreePoolWithTag(PVOID P, ULONG Tag)
 	else
 		bad_pool_caller(POOL_INVALID_ADDRESS, va, 0, 0, Tag);
 }
+
+/* pool_bytes: everything outstanding; pool_tag_<tag as 8 hex digits>: each tag that holds bytes. */
+static void report_pool(void)
+{
+	uint64_t total = 0;
+	for (unsigned i = 0; i < POOL_TAGS_MAX; i++)
+		total += tag_usage[i].bytes_outstanding;
+	frame_decimal("pool_bytes", total);
+	for (unsigned i = 0; i < POOL_TAGS_MAX - 1; i++) {
+		if (!tag_usage[i].bytes_outstanding)
+			continue;
+		char key[] = "pool_tag_00000000";
+		for (unsigned d = 0; d < 8; d++)
+			key[sizeof(key) - 2 - d] = "0123456789abcdef"[tag_usage[i].tag >> (4 * d) & 0xF];
+		frame_decimal(key, tag_usage[i].bytes_outstanding);
+	}
+}
+OUTSTANDING_REPORTER(report_pool);

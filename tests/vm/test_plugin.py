@@ -108,3 +108,37 @@ def test_gdb_option_waits_for_the_debugger_and_runs_once_it_detaches(pytester: p
         run.expect(pexpect.EOF)
     finally:
         run.close(force=True)
+
+
+LEAK_DEMO = """
+def test_leaks_pool(vm):
+    vm.mm.ExAllocatePoolWithTag(512, 100, "Leak")
+    pytest_vm_pids.append(vm.machine.pid)
+
+def test_leaves_irql_raised(vm):
+    vm.mm.KeRaiseIrql(2)
+    pytest_vm_pids.append(vm.machine.pid)
+
+def test_after_leaks_gets_a_clean_vm(vm):
+    pytest_vm_pids.append(vm.machine.pid)
+    assert len(set(pytest_vm_pids)) == 3, "each leaking test's VM was discarded"
+    assert vm.mm.outstanding()["pool_bytes"] == 0
+    assert vm.mm.KeGetCurrentIrql() == 0
+
+pytest_vm_pids = []
+"""
+
+
+def test_a_test_that_leaks_kernel_objects_fails_and_the_next_gets_a_clean_vm(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_leaky=LEAK_DEMO)
+    result = pytester.runpytest_subprocess("--vm-config", "default", "-p", "no:cacheprovider",
+                                           timeout=300)
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_leaks_pool*",
+        "*the test left kernel state behind*",
+        "*pool_tag_6b61654c: 0 -> 112*",
+        "*ERROR at teardown of test_leaves_irql_raised*",
+        "*IRQL left at 2*",
+    ])
+    outcomes = result.parseoutcomes()
+    assert (outcomes.get("passed"), outcomes.get("errors")) == (3, 2), outcomes

@@ -7,7 +7,7 @@
 
 #define PROTOCOL_VERSION 1
 #define REQUEST_MAX 16384 /* bytes per request, newline included */
-#define VALUES_MAX 3      /* the most any command takes */
+#define VALUES_MAX 8      /* the most any command takes */
 
 /* line.c: blocks until a whole line arrived; an oversized one is read to its end and dropped. */
 enum line_status { LINE_COMPLETE, LINE_OVERSIZED };
@@ -59,7 +59,8 @@ void frame_error(uint32_t id, enum error_kind kind, const char *format, ...) PRI
 /* Ends a frame cut short by a bugcheck, so the record starts on a line of its own. */
 void frame_abandon(void);
 
-/* commands.c */
+/* Commands. Each family's agent file registers its own with AGENT_COMMAND; the table is the
+ * linker section .agent_commands (kernel.ld), so no central list needs editing. */
 struct command {
 	const char *name;
 	const char *signature; /* one letter per value: i integer, b bytes */
@@ -67,6 +68,24 @@ struct command {
 	void (*run)(const struct request *request);
 };
 
+#define AGENT_COMMAND(name_, signature_, usage_, run_) \
+	static const struct command command_##run_ = {name_, signature_, usage_, run_}; \
+	static const struct command *const command_entry_##run_ \
+		__attribute__((used, section(".agent_commands"))) = &command_##run_
+
 const struct command *command_find(const char *name, size_t length);
+
+/*
+ * Leak accounting: a reporter writes, with frame_decimal(), one key per kind of object its family
+ * has handed out and not taken back ("<family>_<what>"; zero when nothing is outstanding). The
+ * `outstanding` command answers with every registered reporter's keys.
+ */
+#define OUTSTANDING_REPORTER(fn) \
+	static void (*const reporter_entry_##fn)(void) __attribute__((used, section(".outstanding_reporters"))) = fn
+void outstanding_report(void);
+
+/* Argument checks shared by the family files: each answers bad-argument and returns false. */
+bool argument_fits_ulong(const struct request *r, const char *what, uint64_t value);
+bool argument_at_most(const struct request *r, const char *what, uint64_t value, uint64_t max);
 /* The keys of hello and !hello. */
 void hello_keys(void);

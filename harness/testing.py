@@ -1,0 +1,40 @@
+"""Assertions for tests that expect the guest to stop: `with expect_stop(0xDA, 0x104, va) as stop:`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from harness.errors import BugCheck, BugCheckRecord
+
+
+@dataclass
+class ExpectedStop:
+    """Filled in when the block raised the expected BugCheck."""
+
+    records: list[BugCheckRecord] = field(default_factory=list)
+
+    @property
+    def record(self) -> BugCheckRecord:
+        assert self.records, "the guest did not stop"
+        return self.records[0]
+
+
+@contextmanager
+def expect_stop(code: int, *parameters: int | None) -> Iterator[ExpectedStop]:
+    """The block must end in KeBugCheckEx(code, P1, ...): each given parameter must match exactly,
+    None matches anything, and parameters not given are not checked."""
+    if len(parameters) > 4:
+        raise ValueError(f"a bugcheck has 4 parameters, {len(parameters)} given")
+    stop = ExpectedStop()
+    with pytest.raises(BugCheck) as caught:
+        yield stop
+    record = caught.value.record
+    stop.records.append(record)
+    wanted = "".join(f", P{i + 1}=0x{p:x}" for i, p in enumerate(parameters) if p is not None)
+    assert record.code == code and all(p is None or p == actual for p, actual in zip(parameters, record.parameters)), (
+        f"expected STOP 0x{code:X}{wanted}, got {record.stop_line()}"
+    )
