@@ -6,9 +6,10 @@ stopped, in which case the next test gets a fresh VM. A config this host cannot 
 the probe's reason; a config whose VM failed to come up skips its remaining tests instead of letting
 each of them time out.
 
-Tests run grouped by config (and, under pytest-xdist's `--dist loadgroup`, one config per worker
-at a time), and a worker keeps a single VM running: the agent polls its UART, so an idle VM still
-costs a host core.
+Tests run grouped by config; under pytest-xdist (`-n`) each config's tests go to one worker
+(harness.xdist_scheduling), and a worker keeps a single VM running. After each test the `vm`
+fixture compares the kernel's outstanding objects with what it found before: a test that leaks
+pool, PTEs, MDLs or a raised IRQL fails, and the VM is discarded.
 
 Outcomes: besides pass, fail and skip, a VM test can end as TIMEOUT (GuestTimeout), CRASHED (an
 uncaught BugCheck or reset) or INFRA (InfrastructureError: QEMU died, refused to start...). They are
@@ -33,6 +34,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _pytest.runner import runtestprotocol
@@ -76,6 +78,22 @@ def _shard(config: pytest.Config) -> tuple[int, int] | None:
     if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
         raise pytest.UsageError(f"--shard takes I/N with 1 <= I <= N, not {value!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+def _dist_chosen(config: pytest.Config) -> bool:
+    args = [*config.invocation_params.args, *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    return any(str(a) == "--dist" or str(a).startswith("--dist=") for a in args)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With -n, a config's tests share a worker and its booted VM (harness.xdist_scheduling), unless
+    --dist chose another mode explicitly."""
+    if config.getvalue("dist") != "load" or _dist_chosen(config):
+        return None
+    from harness.xdist_scheduling import ConfigScheduling
+
+    return ConfigScheduling(config, log, {c.name for c in _selected_configs(config)})
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -125,8 +143,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for vm_config in _selected_configs(metafunc.config):
         reason = _unmet(vm_config, marker)
         marks = [pytest.mark.skip(reason=reason)] if reason else []
-        # One xdist group per config: a config's tests share a worker, and so its booted VM.
-        marks += [pytest.mark.vm, pytest.mark.xdist_group(vm_config.name)]
+        marks.append(pytest.mark.vm)
         params.append(pytest.param(vm_config, id=vm_config.name, marks=marks))
     metafunc.parametrize("vm_config", params, indirect=True)
 
@@ -138,8 +155,17 @@ def _config_of(item: pytest.Item) -> VmConfig | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run a config's tests back to back (one VM busy, not many rebooting); keep only this shard's."""
-    items.sort(key=lambda item: c.name if (c := _config_of(item)) else "")
+    """Run a config's tests back to back (one VM busy, not many rebooting); keep only this shard's.
+
+    KVM configs go first: under nested KVM they are the slowest, and xdist hands out configs in this
+    order, so the longest starts first and the quick ones fill in around it."""
+    def order(item: pytest.Item) -> tuple[int, str]:
+        vm_config = _config_of(item)
+        if vm_config is None:
+            return 2, ""
+        return (0 if vm_config.accelerator == "kvm" else 1), vm_config.name
+
+    items.sort(key=order)
     shard = _shard(config)
     if shard is None:
         return

@@ -35,6 +35,6 @@ def expect_stop(code: int, *parameters: int | None) -> Iterator[ExpectedStop]:
     record = caught.value.record
     stop.records.append(record)
     wanted = "".join(f", P{i + 1}=0x{p:x}" for i, p in enumerate(parameters) if p is not None)
-    assert record.code == code and all(p is None or p == actual for p, actual in zip(parameters, record.parameters)), (
-        f"expected STOP 0x{code:X}{wanted}, got {record.stop_line()}"
-    )
+    matches = all(p is None or p == actual for p, actual in zip(parameters, record.parameters[: len(parameters)],
+                                                                 strict=True))
+    assert record.code == code and matches, f"expected STOP 0x{code:X}{wanted}, got {record.stop_line()}"
