@@ -1,23 +1,32 @@
-/* Pool DDIs on the agent channel (docs/agent-protocol.md). */
+/* Pool DDIs on the agent channel (docs/agent-protocol.md, docs/ddi/pool.md). */
 #include "ntddk.h"
+#include "pool.h"
 #include "protocol.h"
 
-static void allocate_pool(const struct request *r)
+static void answer_va(const struct request *r, PVOID va)
 {
-	uint64_t type = r->values[0].integer, bytes = r->values[1].integer, tag = r->values[2].integer;
-	if (type != NonPagedPool && type != NonPagedPoolNx) {
-		frame_error(r->id, ERROR_BAD_ARGUMENT, "pool_type must be NonPagedPool (0) or NonPagedPoolNx (512)");
-		return;
-	}
-	if (!argument_fits_ulong(r, "tag", tag))
-		return;
-	PVOID va = ExAllocatePoolWithTag((POOL_TYPE)type, bytes, (ULONG)tag);
 	frame_open_response(r->id);
 	frame_hex("va", (uint64_t)va);
 	frame_close();
 }
 
-static void free_pool(const struct request *r)
+static void allocate_pool(const struct request *r)
+{
+	uint64_t type = r->values[0].integer, bytes = r->values[1].integer, tag = r->values[2].integer;
+	if (!argument_fits_ulong(r, "pool_type", type) || !argument_fits_ulong(r, "tag", tag))
+		return;
+	answer_va(r, ExAllocatePoolWithTag((POOL_TYPE)type, bytes, (ULONG)tag));
+}
+
+static void allocate_pool2(const struct request *r)
+{
+	uint64_t flags = r->values[0].integer, bytes = r->values[1].integer, tag = r->values[2].integer;
+	if (!argument_fits_ulong(r, "tag", tag))
+		return;
+	answer_va(r, ExAllocatePool2(flags, bytes, (ULONG)tag));
+}
+
+static void free_pool_with_tag(const struct request *r)
 {
 	uint64_t tag = r->values[1].integer;
 	if (!argument_fits_ulong(r, "tag", tag))
@@ -27,5 +36,14 @@ static void free_pool(const struct request *r)
 	frame_close();
 }
 
+static void free_pool(const struct request *r)
+{
+	ExFreePool((PVOID)r->values[0].integer);
+	frame_open_response(r->id);
+	frame_close();
+}
+
 AGENT_COMMAND("ExAllocatePoolWithTag", "iii", "<pool_type:integer> <bytes:integer> <tag:integer>", allocate_pool);
-AGENT_COMMAND("ExFreePoolWithTag", "ii", "<va:integer> <tag:integer>", free_pool);
+AGENT_COMMAND("ExAllocatePool2", "iii", "<flags:integer> <bytes:integer> <tag:integer>", allocate_pool2);
+AGENT_COMMAND("ExFreePoolWithTag", "ii", "<va:integer> <tag:integer>", free_pool_with_tag);
+AGENT_COMMAND("ExFreePool", "i", "<va:integer>", free_pool);

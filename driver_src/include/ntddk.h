@@ -23,6 +23,7 @@ typedef union {
 
 typedef enum {
 	NonPagedPool = 0, /* = NonPagedPoolExecute */
+	PagedPool = 1,
 	NonPagedPoolNx = 512,
 } POOL_TYPE;
 

@@ -7,6 +7,7 @@
 #include "bootinfo.h"
 #include "build_info.h"
 #include "console.h"
+#include "copy.h"
 #include "cpu.h"
 #include "frames.h"
 #include "kstring.h"
@@ -79,6 +80,7 @@ static NORETURN void kernel_run(void)
 	pfn_database_init();
 	pool_init();
 	syspte_init();
+	copy_init();
 	report_frames();
 	report_layout();
 	local_apic_virtual_wire();

@@ -1,7 +1,9 @@
 /*
- * Nonpaged pool (ddi-spec §11): ExAllocatePoolWithTag and ExFreePoolWithTag over a 1 GiB VA
- * region after the PFN database, mapped in 4 KiB pages backed by frames from the allocator.
- * NonPagedPool is executable (NT's NonPagedPoolExecute); NonPagedPoolNx is not.
+ * Pool (ddi-spec §11): ExAllocatePoolWithTag, ExAllocatePool2, ExFreePoolWithTag and ExFreePool
+ * over a 1 GiB VA region after the PFN database, mapped in 4 KiB pages backed by frames from the
+ * allocator. NonPagedPool is executable (NT's NonPagedPoolExecute); NonPagedPoolNx is not.
+ * [DECISION] PagedPool is nonpaged memory (this kernel never pages), NX, on pages of its own so a
+ * free can tell its IRQL rule (<= APC_LEVEL) from the nonpaged one (<= DISPATCH_LEVEL).
  *
  * - Up to POOL_SMALL_MAX bytes: carved from pool pages in 16-byte units, each block behind a
  *   16-byte NT POOL_HEADER, so blocks are 16-byte aligned and never cross a page. Pages holding
@@ -14,6 +16,7 @@
 #include "bugcodes.h"
 #include "console.h"
 #include "frames.h"
+#include "kstring.h"
 #include "layout.h"
 #include "ntddk.h"
 #include "pagetable.h"
@@ -32,14 +35,16 @@ struct pool_header {
 	uint8_t previous_size; /* 0 for the first block of a page */
 	uint8_t pool_index;
 	uint8_t block_size;
-	uint8_t pool_type; /* [DECISION] 0 free, 1 NonPagedPool, 2 NonPagedPoolNx (512 does not fit) */
+	uint8_t pool_type; /* [DECISION] 0 free, 1 NonPagedPool, 2 NonPagedPoolNx (512 does not fit), 3 PagedPool */
 	uint32_t pool_tag;
 	uint64_t process_billed;
 };
 _Static_assert(sizeof(struct pool_header) == POOL_UNIT, "POOL_HEADER is 16 bytes on x64");
 
-enum { BLOCK_FREE, BLOCK_EXECUTE, BLOCK_NX };
-enum page_use { PAGE_UNUSED, PAGE_SMALL_EXECUTE, PAGE_SMALL_NX, PAGE_BIG };
+/* What memory a block is: the pool type it came from, as its header and its pages record it. */
+enum pool_kind { KIND_EXECUTE = 1, KIND_NX, KIND_PAGED };
+enum { BLOCK_FREE };
+enum page_use { PAGE_UNUSED, PAGE_SMALL_EXECUTE, PAGE_SMALL_NX, PAGE_SMALL_PAGED, PAGE_BIG, PAGE_BIG_PAGED };
 enum big_state { BIG_EMPTY, BIG_LIVE, BIG_FREED };
 
 struct big_allocation {
@@ -111,13 +116,13 @@ static void release_pages(uint64_t first, uint64_t count)
 	}
 }
 
-static bool map_page(uint64_t index, bool nx)
+static bool map_page(uint64_t index, enum pool_kind kind)
 {
 	pfn_t pfn = frame_alloc(PFN_POOL);
 	if (pfn == PFN_NONE)
 		return false;
 	struct pt_view live = pt_live();
-	enum protection protection = nx ? PROT_READ_WRITE : PROT_READ_WRITE_EXECUTE;
+	enum protection protection = kind == KIND_EXECUTE ? PROT_READ_WRITE_EXECUTE : PROT_READ_WRITE;
 	struct tlb_flush flush = pt_set(&live, page_va(index), 1, pte_kernel_leaf(pfn << PAGE_SHIFT, 1, protection));
 	bool mapped = flush.changed;
 	tlb_flush(flush);
@@ -136,7 +141,7 @@ static void forget_freed_big(uint64_t first, uint64_t count)
 }
 
 /* First fit over the pool's VA; 0 when no run of free VA or no frame is left. */
-static uint64_t reserve_pages(uint64_t count, enum page_use use, bool nx)
+static uint64_t reserve_pages(uint64_t count, enum page_use use, enum pool_kind kind)
 {
 	uint64_t first = 0;
 	while (first + count <= POOL_PAGES) {
@@ -148,7 +153,7 @@ static uint64_t reserve_pages(uint64_t count, enum page_use use, bool nx)
 			continue;
 		}
 		for (n = 0; n < count; n++) {
-			if (!map_page(first + n, nx)) {
+			if (!map_page(first + n, kind)) {
 				release_pages(first, n);
 				return 0;
 			}
@@ -193,55 +198,167 @@ static void *carve(uint64_t page, unsigned units, uint8_t type, uint32_t tag)
 	return 0;
 }
 
-static void *allocate_small(bool nx, uint64_t bytes, uint32_t tag)
+static enum page_use small_page_use(enum pool_kind kind)
+{
+	return kind == KIND_EXECUTE ? PAGE_SMALL_EXECUTE : kind == KIND_NX ? PAGE_SMALL_NX : PAGE_SMALL_PAGED;
+}
+
+static void *allocate_small(enum pool_kind kind, uint64_t bytes, uint32_t tag)
 {
 	unsigned units = 1 + (unsigned)((bytes + POOL_UNIT - 1) / POOL_UNIT);
-	enum page_use use = nx ? PAGE_SMALL_NX : PAGE_SMALL_EXECUTE;
-	uint8_t type = nx ? BLOCK_NX : BLOCK_EXECUTE;
+	enum page_use use = small_page_use(kind);
 	for (uint64_t i = 0; i < pages_high_water; i++) {
-		void *block = page_use[i] == use ? carve(page_va(i), units, type, tag) : 0;
+		void *block = page_use[i] == use ? carve(page_va(i), units, (uint8_t)kind, tag) : 0;
 		if (block)
 			return block;
 	}
-	uint64_t page = reserve_pages(1, use, nx);
+	uint64_t page = reserve_pages(1, use, kind);
 	if (!page)
 		return 0;
 	/* A new page: one free block of BLOCK_UNITS_MAX units and one of the last unit. */
 	*header_at(page, 0) = (struct pool_header){.block_size = BLOCK_UNITS_MAX};
 	*header_at(page, BLOCK_UNITS_MAX) = (struct pool_header){.previous_size = BLOCK_UNITS_MAX, .block_size = 1};
-	return carve(page, units, type, tag);
+	return carve(page, units, (uint8_t)kind, tag);
 }
 
-static void *allocate_big(bool nx, uint64_t bytes, uint32_t tag)
+static void *allocate_big(enum pool_kind kind, uint64_t bytes, uint32_t tag)
 {
 	struct big_allocation *slot = 0;
 	for (unsigned i = 0; i < BIG_ALLOCATIONS_MAX && !slot; i++)
 		if (big_allocations[i].state != BIG_LIVE)
 			slot = &big_allocations[i];
 	uint64_t pages = (bytes + PAGE_OFFSET_MASK) / PAGE_SIZE;
-	uint64_t va = slot ? reserve_pages(pages, PAGE_BIG, nx) : 0;
+	uint64_t va = slot ? reserve_pages(pages, kind == KIND_PAGED ? PAGE_BIG_PAGED : PAGE_BIG, kind) : 0;
 	if (!va)
 		return 0;
 	*slot = (struct big_allocation){va, pages, tag, BIG_LIVE};
 	return (void *)va;
 }
 
-PVOID ExAllocatePoolWithTag(POOL_TYPE PoolType, SIZE_T NumberOfBytes, ULONG Tag)
+static POOL_TYPE pool_type_of(enum pool_kind kind)
 {
-	if (PoolType != NonPagedPool && PoolType != NonPagedPoolNx)
-		return 0;
-	bool nx = PoolType == NonPagedPoolNx;
-	uint64_t bytes = NumberOfBytes ? NumberOfBytes : 1; /* [DECISION] outside verifier mode */
+	return kind == KIND_EXECUTE ? NonPagedPool : kind == KIND_NX ? NonPagedPoolNx : PagedPool;
+}
+
+static KIRQL highest_irql(enum pool_kind kind)
+{
+	return kind == KIND_PAGED ? APC_LEVEL : DISPATCH_LEVEL;
+}
+
+/* Bugchecks at an IRQL the pool type does not allow, then for a zero-byte request (verifier). */
+static void check_allocation(enum pool_kind kind, uint64_t bytes)
+{
+	KIRQL irql = KeGetCurrentIrql();
+	if (irql > highest_irql(kind))
+		KeBugCheckEx(BAD_POOL_CALLER, POOL_ALLOCATE_AT_BAD_IRQL, irql, pool_type_of(kind), bytes);
+	if (!bytes)
+		verifier_violation(VERIFIER_POOL_ZERO_BYTES, irql, pool_type_of(kind), 0);
+}
+
+static bool is_alphanumeric(uint8_t c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* [DECISION] a tag with no letter or digit in any of its four bytes is "without letters/digits". */
+static bool tag_has_alphanumeric(uint32_t tag)
+{
+	for (unsigned i = 0; i < 4; i++)
+		if (is_alphanumeric((uint8_t)(tag >> (8 * i))))
+			return true;
+	return false;
+}
+
+/* 0 when nothing is left; the charge goes to the tag as freeing will credit it. */
+static void *allocate(enum pool_kind kind, uint64_t bytes, uint32_t tag, bool page_aligned)
+{
 	if (bytes > NONPAGED_POOL_SIZE)
 		return 0;
-	bool small = bytes <= POOL_SMALL_MAX;
-	void *block = small ? allocate_small(nx, bytes, Tag) : allocate_big(nx, bytes, Tag);
+	bool small = bytes <= POOL_SMALL_MAX && !page_aligned;
+	void *block = small ? allocate_small(kind, bytes, tag) : allocate_big(kind, bytes, tag);
 	if (!block)
 		return 0;
-	/* Charged as freeing will credit it: whole units, or whole pages. */
 	uint64_t charged = small ? (uint64_t)(((struct pool_header *)block - 1)->block_size - 1) * POOL_UNIT
 				 : (bytes + PAGE_OFFSET_MASK) & ~PAGE_OFFSET_MASK;
-	account(Tag, (int64_t)charged);
+	account(tag, (int64_t)charged);
+	return block;
+}
+
+PVOID ExAllocatePoolWithTag(POOL_TYPE PoolType, SIZE_T NumberOfBytes, ULONG Tag)
+{
+	enum pool_kind kind;
+	if (PoolType == NonPagedPool)
+		kind = KIND_EXECUTE;
+	else if (PoolType == NonPagedPoolNx)
+		kind = KIND_NX;
+	else if (PoolType == PagedPool)
+		kind = KIND_PAGED;
+	else
+		return 0;
+	check_allocation(kind, NumberOfBytes);
+	uint64_t caller = (uint64_t)__builtin_return_address(0);
+	if (!Tag)
+		KeBugCheckEx(BAD_POOL_CALLER, POOL_TAG_ZERO, PoolType, NumberOfBytes, caller);
+	if (Tag == POOL_TAG_RESERVED_BIG)
+		KeBugCheckEx(BAD_POOL_CALLER, POOL_TAG_BIG, PoolType, NumberOfBytes, caller);
+	if (!tag_has_alphanumeric(Tag))
+		KeBugCheckEx(BAD_POOL_CALLER, POOL_TAG_NOT_ALPHANUMERIC, Tag, PoolType, caller);
+	return allocate(kind, NumberOfBytes, Tag, false);
+}
+
+#define POOL_FLAGS_REQUIRED_KNOWN                                                                             \
+	(POOL_FLAG_USE_QUOTA | POOL_FLAG_UNINITIALIZED | POOL_FLAG_SESSION | POOL_FLAG_CACHE_ALIGNED |        \
+	 POOL_FLAG_RAISE_ON_FAILURE | POOL_FLAG_NON_PAGED | POOL_FLAG_NON_PAGED_EXECUTE | POOL_FLAG_PAGED)
+#define POOL_FLAGS_TYPE (POOL_FLAG_NON_PAGED | POOL_FLAG_NON_PAGED_EXECUTE | POOL_FLAG_PAGED)
+
+/*
+ * [DECISION] Required flags this kernel cannot honour fail the call: USE_QUOTA (no process to
+ * charge) and SESSION (no sessions), as do the reserved bits and any unknown low bit. Exactly one
+ * of NON_PAGED, NON_PAGED_EXECUTE, PAGED is required. CACHE_ALIGNED is honoured by page alignment.
+ */
+static bool pool2_kind(POOL_FLAGS flags, enum pool_kind *kind)
+{
+	uint64_t required = flags & 0xFFFFFFFF;
+	if (required & ~(uint64_t)POOL_FLAGS_REQUIRED_KNOWN || required & (POOL_FLAG_USE_QUOTA | POOL_FLAG_SESSION))
+		return false;
+	switch (required & POOL_FLAGS_TYPE) {
+	case POOL_FLAG_NON_PAGED:
+		*kind = KIND_NX;
+		return true;
+	case POOL_FLAG_NON_PAGED_EXECUTE:
+		*kind = KIND_EXECUTE;
+		return true;
+	case POOL_FLAG_PAGED:
+		*kind = KIND_PAGED;
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* [DECISION] RAISE_ON_FAILURE raises STATUS_INSUFFICIENT_RESOURCES; with no handler in this kernel
+ * that is NT's unhandled kernel exception, KMODE_EXCEPTION_NOT_HANDLED (P2 the caller). */
+static void *pool2_failed(POOL_FLAGS flags, uint64_t caller)
+{
+	if (flags & POOL_FLAG_RAISE_ON_FAILURE)
+		KeBugCheckEx(KMODE_EXCEPTION_NOT_HANDLED, STATUS_INSUFFICIENT_RESOURCES, caller, 0, 0);
+	return 0;
+}
+
+PVOID ExAllocatePool2(POOL_FLAGS Flags, SIZE_T NumberOfBytes, ULONG Tag)
+{
+	uint64_t caller = (uint64_t)__builtin_return_address(0);
+	enum pool_kind kind;
+	if (!pool2_kind(Flags, &kind))
+		return pool2_failed(Flags, caller);
+	check_allocation(kind, NumberOfBytes);
+	if (!Tag)
+		return pool2_failed(Flags, caller);
+	void *block = allocate(kind, NumberOfBytes, Tag, Flags & POOL_FLAG_CACHE_ALIGNED);
+	if (!block)
+		return pool2_failed(Flags, caller);
+	if (!(Flags & POOL_FLAG_UNINITIALIZED))
+		memset(block, 0, NumberOfBytes);
 	return block;
 }
 
@@ -319,19 +436,37 @@ static void free_small(uint64_t va, uint32_t tag)
 	set_previous_size(page, start + size, size);
 }
 
+/* NT's MmSystemRangeStart: the lowest canonical address of the kernel half. */
+static uint64_t system_range_start(void)
+{
+	return ~0ULL << (paging_levels == 5 ? 56 : 47);
+}
+
 void ExFreePoolWithTag(PVOID P, ULONG Tag)
 {
 	uint64_t va = (uint64_t)P;
+	if (!(va >> 63)) /* [DECISION] the user half: every address with bit 63 clear */
+		bad_pool_caller(POOL_FREE_USER_ADDRESS, va, system_range_start(), 0, Tag);
 	if (va < nonpaged_pool_base || va >= nonpaged_pool_base + NONPAGED_POOL_SIZE)
 		bad_pool_caller(POOL_NEVER_ALLOCATED, va, 0, 0, Tag);
 	enum page_use use = page_use[(va - nonpaged_pool_base) / PAGE_SIZE];
+	bool paged = use == PAGE_SMALL_PAGED || use == PAGE_BIG_PAGED;
+	KIRQL irql = KeGetCurrentIrql();
+	if (irql > highest_irql(paged ? KIND_PAGED : KIND_NX))
+		KeBugCheckEx(BAD_POOL_CALLER, POOL_FREE_AT_BAD_IRQL, irql, paged ? PagedPool : NonPagedPool, va);
 	bool page_aligned = !(va & PAGE_OFFSET_MASK);
-	if (page_aligned && (use == PAGE_BIG || use == PAGE_UNUSED)) /* unused: maybe a big block freed before */
+	bool big = use == PAGE_BIG || use == PAGE_BIG_PAGED || use == PAGE_UNUSED; /* unused: maybe freed before */
+	if (page_aligned && big)
 		free_big(va, Tag);
-	else if (!page_aligned && (use == PAGE_SMALL_EXECUTE || use == PAGE_SMALL_NX))
+	else if (!page_aligned && (use == PAGE_SMALL_EXECUTE || use == PAGE_SMALL_NX || use == PAGE_SMALL_PAGED))
 		free_small(va, Tag);
 	else
 		bad_pool_caller(POOL_INVALID_ADDRESS, va, 0, 0, Tag);
+}
+
+void ExFreePool(PVOID P)
+{
+	ExFreePoolWithTag(P, 0);
 }
 
 /* pool_bytes: everything outstanding; pool_tag_<tag as 8 hex digits>: each tag that holds bytes. */

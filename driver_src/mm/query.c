@@ -20,6 +20,7 @@ PHYSICAL_ADDRESS MmGetPhysicalAddress(PVOID BaseAddress)
 /* [DECISION] TRUE when every level is present down to a leaf; RW, NX and U/S are not looked at. */
 BOOLEAN MmIsAddressValid(PVOID VirtualAddress)
 {
+	verifier_require_irql_at_most(DISPATCH_LEVEL); /* [DOC] IRQL <= DISPATCH_LEVEL */
 	struct pt_view live = pt_live();
 	return pt_walk(&live, (uint64_t)VirtualAddress).stop == PT_LEAF;
 }

@@ -1,0 +1,34 @@
+"""MmCopyMemory (ddi-spec §6): the copy lands in a guest target buffer; the host reads it back itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.ddi.base import DdiFamily
+
+MM_COPY_MEMORY_PHYSICAL = 0x1
+MM_COPY_MEMORY_VIRTUAL = 0x2
+
+STATUS_SUCCESS = 0x0000_0000
+STATUS_PARTIAL_COPY = 0x8000_000D
+STATUS_INVALID_PARAMETER_4 = 0xC000_00F2
+STATUS_INVALID_ADDRESS = 0xC000_0141
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """MmCopyMemory's NTSTATUS (as a ULONG) and what it wrote through NumberOfBytesTransferred."""
+
+    status: int
+    transferred: int
+
+
+class CopyDdis(DdiFamily):
+    def MmCopyMemory(self, target: int, source: int, number_of_bytes: int, flags: int) -> CopyResult:
+        """`source` is the MM_COPY_ADDRESS: a physical address or a VA, as `flags` says."""
+        values = self._call("MmCopyMemory", target, source, number_of_bytes, flags)
+        return CopyResult(self._int(values, "status"), self._int(values, "transferred"))
+
+    def copy_pte_va(self) -> int:
+        """The VA of the PTE MmCopyMemory maps physical sources through (zero between copies)."""
+        return self._int(self._call("copy_pte_va"), "va")
