@@ -37,7 +37,11 @@ class Pump:
         while socket_open or pending:
             poller = select.poll()
             if socket_open:
-                poller.register(self._sock, select.POLLIN)
+                try:
+                    poller.register(self._sock, select.POLLIN)
+                except (ValueError, OSError):  # closed by its owner after close() stopped waiting for us
+                    socket_open = False
+                    continue
             if pending:
                 poller.register(self._write_fd, select.POLLOUT)
             ready = {fd for fd, _ in poller.poll()}
