@@ -47,6 +47,20 @@ static void read_register_ulong(const struct request *r)
 	frame_close();
 }
 
+static void write_register_ulong(const struct request *r)
+{
+	uint64_t va = r->values[0].integer, value = r->values[1].integer;
+	if (va & 3) {
+		frame_error(r->id, ERROR_BAD_ARGUMENT, "the register address must be 4-byte aligned");
+		return;
+	}
+	if (!argument_fits_ulong(r, "value", value))
+		return;
+	*(volatile uint32_t *)va = (uint32_t)value;
+	frame_open_response(r->id);
+	frame_close();
+}
+
 static void get_virtual_for_physical(const struct request *r)
 {
 	PHYSICAL_ADDRESS physical = {.QuadPart = (LONGLONG)r->values[0].integer};
@@ -60,4 +74,5 @@ AGENT_COMMAND("MmMapIoSpace", "iii", "<pa:integer> <bytes:integer> <cache_type:i
 AGENT_COMMAND("MmMapIoSpaceEx", "iii", "<pa:integer> <bytes:integer> <protect:integer>", map_io_space_ex);
 AGENT_COMMAND("MmUnmapIoSpace", "ii", "<va:integer> <bytes:integer>", unmap_io_space);
 AGENT_COMMAND("READ_REGISTER_ULONG", "i", "<va:integer>", read_register_ulong);
+AGENT_COMMAND("WRITE_REGISTER_ULONG", "ii", "<va:integer> <value:integer>", write_register_ulong);
 AGENT_COMMAND("MmGetVirtualForPhysical", "i", "<pa:integer>", get_virtual_for_physical);

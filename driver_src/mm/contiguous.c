@@ -74,6 +74,19 @@ PVOID MmAllocateContiguousMemorySpecifyCache(SIZE_T NumberOfBytes, PHYSICAL_ADDR
 	return (PVOID)va;
 }
 
+/* [DECISION] (§10) the machine is one NUMA node, 0: MM_ANY_NODE_OK or 0 allocate, any other node is NULL. */
+PVOID MmAllocateContiguousMemorySpecifyCacheNode(SIZE_T NumberOfBytes, PHYSICAL_ADDRESS LowestAcceptableAddress,
+						 PHYSICAL_ADDRESS HighestAcceptableAddress,
+						 PHYSICAL_ADDRESS BoundaryAddressMultiple, MEMORY_CACHING_TYPE CacheType,
+						 NODE_REQUIREMENT PreferredNode)
+{
+	verifier_require_irql_at_most(DISPATCH_LEVEL);
+	if (PreferredNode != MM_ANY_NODE_OK && PreferredNode != 0)
+		return 0;
+	return MmAllocateContiguousMemorySpecifyCache(NumberOfBytes, LowestAcceptableAddress, HighestAcceptableAddress,
+						      BoundaryAddressMultiple, CacheType);
+}
+
 PVOID MmAllocateContiguousMemory(SIZE_T NumberOfBytes, PHYSICAL_ADDRESS HighestAcceptableAddress)
 {
 	PHYSICAL_ADDRESS none = {.QuadPart = 0};

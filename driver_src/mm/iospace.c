@@ -87,11 +87,16 @@ static struct io_mapping *free_slot(void)
 	return 0;
 }
 
-static PVOID map_io(uint64_t pa, uint64_t bytes, enum protection protection, MEMORY_CACHING_TYPE cache_type)
+/* The verifier looks at the IRQL before anything else of the call. */
+static void require_map_irql(PHYSICAL_ADDRESS pa, SIZE_T bytes)
 {
 	KIRQL irql = KeGetCurrentIrql();
 	if (irql > DISPATCH_LEVEL)
-		verifier_violation(VERIFIER_MAP_IO_SPACE_IRQL, irql, pa, bytes);
+		verifier_violation(VERIFIER_MAP_IO_SPACE_IRQL, irql, (uint64_t)pa.QuadPart, bytes);
+}
+
+static PVOID map_io(uint64_t pa, uint64_t bytes, enum protection protection, MEMORY_CACHING_TYPE cache_type)
+{
 	/* No PTEs for more than the region holds, nor for frames beyond the CPU's physical width. */
 	if (!bytes || bytes > SYSTEM_PTE_COUNT * PAGE_SIZE || pa >= BIT(physical_address_bits()) ||
 	    bytes - 1 >= BIT(physical_address_bits()) - pa)
@@ -116,6 +121,7 @@ static PVOID map_io(uint64_t pa, uint64_t bytes, enum protection protection, MEM
 
 PVOID MmMapIoSpace(PHYSICAL_ADDRESS PhysicalAddress, SIZE_T NumberOfBytes, MEMORY_CACHING_TYPE CacheType)
 {
+	require_map_irql(PhysicalAddress, NumberOfBytes);
 	if (!cache_type_valid(CacheType))
 		return 0;
 	return map_io((uint64_t)PhysicalAddress.QuadPart, NumberOfBytes, PROT_READ_WRITE, CacheType);
@@ -124,6 +130,7 @@ PVOID MmMapIoSpace(PHYSICAL_ADDRESS PhysicalAddress, SIZE_T NumberOfBytes, MEMOR
 /* [DECISION] (§9) exactly one base protection, at most one caching modifier; otherwise NULL. */
 PVOID MmMapIoSpaceEx(PHYSICAL_ADDRESS PhysicalAddress, SIZE_T NumberOfBytes, ULONG Protect)
 {
+	require_map_irql(PhysicalAddress, NumberOfBytes);
 	ULONG modifier = Protect & (PAGE_NOCACHE | PAGE_WRITECOMBINE);
 	enum protection protection;
 	switch (Protect & ~modifier) {

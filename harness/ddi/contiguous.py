@@ -5,6 +5,7 @@ from __future__ import annotations
 from harness.ddi.base import DdiFamily
 
 NO_LIMIT = 0xFFFF_FFFF_FFFF_FFFF  # MAXULONG64: "any address" for HighestAcceptableAddress
+MM_ANY_NODE_OK = 0x8000_0000
 
 
 class ContiguousDdis(DdiFamily):
@@ -16,6 +17,13 @@ class ContiguousDdis(DdiFamily):
                                                cache_type: int) -> int:
         values = self._call("MmAllocateContiguousMemorySpecifyCache", number_of_bytes, lowest_acceptable_address,
                             highest_acceptable_address, boundary_address_multiple, cache_type)
+        return self._int(values, "va")
+
+    def MmAllocateContiguousMemorySpecifyCacheNode(self, number_of_bytes: int, lowest_acceptable_address: int,
+                                                   highest_acceptable_address: int, boundary_address_multiple: int,
+                                                   cache_type: int, preferred_node: int) -> int:
+        values = self._call("MmAllocateContiguousMemorySpecifyCacheNode", number_of_bytes, lowest_acceptable_address,
+                            highest_acceptable_address, boundary_address_multiple, cache_type, preferred_node)
         return self._int(values, "va")
 
     def MmFreeContiguousMemory(self, base_address: int) -> None:

@@ -41,5 +41,8 @@ class IoSpaceDdis(DdiFamily):
         """One 32-bit load from a device register (byte reads of QEMU's local APIC answer 0)."""
         return self._int(self._call("READ_REGISTER_ULONG", register), "value")
 
+    def WRITE_REGISTER_ULONG(self, register: int, value: int) -> None:
+        self._call("WRITE_REGISTER_ULONG", register, value)
+
     def MmGetVirtualForPhysical(self, physical_address: int) -> int:
         return self._int(self._call("MmGetVirtualForPhysical", physical_address), "va")

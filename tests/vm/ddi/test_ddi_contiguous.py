@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from harness.ddi.contiguous import NO_LIMIT
+from harness.ddi.contiguous import MM_ANY_NODE_OK, NO_LIMIT
 from harness.ddi.iospace import (
     MM_CACHED,
     MM_HARDWARE_COHERENT_CACHED,
@@ -226,6 +226,23 @@ def test_10_08_get_physical_address_is_linear_over_the_allocation(vm: Vm, size: 
             for offset in (0, 0x7F8):
                 assert vm.mm.MmGetPhysicalAddress(va + k * 0x1000 + offset) == pa0 + k * 0x1000 + offset
         assert vm.qemu.gva2gpa(va + size - 1) == pa0 + size - 1
+
+
+@pytest.mark.parametrize("node", [MM_ANY_NODE_OK, 0])
+def test_10_node_variant_allocates_on_the_one_node(vm: Vm, node: int) -> None:
+    va = vm.mm.MmAllocateContiguousMemorySpecifyCacheNode(0x3000, 0, SIXTEEN_MIB, 0x4000, MM_CACHED, node)
+    try:
+        assert_contiguous(vm, va, 0x3000, highest=SIXTEEN_MIB, boundary=0x4000)
+    finally:
+        vm.mm.MmFreeContiguousMemory(va)
+    vm.verify.assert_unmapped(va, 0x3000)
+
+
+@pytest.mark.parametrize("node", [1, 63, 0x7FFF_FFFF])
+def test_10_node_variant_on_a_missing_node_returns_null(vm: Vm, node: int) -> None:
+    before = vm.mm.outstanding()
+    assert vm.mm.MmAllocateContiguousMemorySpecifyCacheNode(0x1000, 0, NO_LIMIT, 0, MM_CACHED, node) == 0
+    assert vm.mm.outstanding() == before
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ from harness.vm import Vm
 LOCAL_APIC = 0xFEE0_0000
 IO_APIC = 0xFEC0_0000
 LAPIC_ID = 0x20
+IOREGSEL = 0x00
+IOWIN = 0x10
+IOAPIC_VERSION_INDEX = 0x01
+E820_RAM = 1
 LAPIC_VERSION = 0x30
 HAL_LOCAL_APIC = 0xFFFF_FFFF_FFC0_0000  # the kernel's own UC mapping of the local APIC (layout.h)
 MEMORY_MANAGEMENT = 0x1A
@@ -116,6 +120,24 @@ def test_9_01_local_apic_noncached_maps_pfn_0xfee00_uc_nx_and_reads_its_version(
         assert 0x10 <= version & 0xFF <= 0x15, f"local APIC version register {version:#x}: not an integrated APIC"
         assert (version >> 16) & 0xFF >= 2, f"local APIC version register {version:#x}: too few LVT entries"
         assert version == vm.mm.READ_REGISTER_ULONG(HAL_LOCAL_APIC + LAPIC_VERSION)
+
+
+def test_9_01_io_apic_noncached_answers_through_its_index_window(vm: Vm) -> None:
+    with io_mapping(vm, IO_APIC, 0x20, MM_NON_CACHED) as va:
+        assert_device_leaves(vm, va, IO_APIC, 0x20, cache=MemoryType.UC)
+        vm.mm.WRITE_REGISTER_ULONG(va + IOREGSEL, IOAPIC_VERSION_INDEX)
+        version = vm.mm.READ_REGISTER_ULONG(va + IOWIN)
+        assert version & 0xFF in (0x11, 0x20), f"I/O APIC version register {version:#x}"
+        assert (version >> 16) & 0xFF >= 23, f"I/O APIC version register {version:#x}: fewer than 24 pins"
+
+
+def test_9_devices_mapped_here_are_not_ram(vm: Vm) -> None:
+    """The mapped devices are I/O space on every machine: no e820 RAM range covers them."""
+    assert vm.memory_map, "the agent's hello carried no memory map"
+    for device in (LOCAL_APIC, IO_APIC):
+        covering = [(b, n) for b, n, kind in vm.memory_map if kind == E820_RAM and b <= device < b + n]
+        assert not covering, f"{device:#x} lies in RAM {covering}"
+        assert device >> 12 > vm.mm.frame_stats().highest_pfn or vm.mm.MmGetVirtualForPhysical(device) == 0
 
 
 def test_9_02_byte_offset_of_the_physical_address_is_kept(vm: Vm) -> None:
@@ -289,6 +311,12 @@ def test_9_map_above_dispatch_bugchecks_0xc4_0x73(fresh_vm: Vm) -> None:
     fresh_vm.mm.KeRaiseIrql(HIGH_LEVEL)
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, VERIFIER_MAP_IO_SPACE_IRQL, HIGH_LEVEL, LOCAL_APIC, 0x1000):
         fresh_vm.mm.MmMapIoSpace(LOCAL_APIC, 0x1000, MM_NON_CACHED)
+
+
+def test_9_map_ex_above_dispatch_bugchecks_0xc4_0x73_even_with_a_bad_protection(fresh_vm: Vm) -> None:
+    fresh_vm.mm.KeRaiseIrql(HIGH_LEVEL)
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, VERIFIER_MAP_IO_SPACE_IRQL, HIGH_LEVEL, IO_APIC, 0x20):
+        fresh_vm.mm.MmMapIoSpaceEx(IO_APIC, 0x20, PAGE_NOACCESS)
 
 
 def test_9_unmap_above_dispatch_bugchecks_0xc4_0x7b(fresh_vm: Vm) -> None:
