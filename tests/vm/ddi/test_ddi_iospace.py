@@ -336,6 +336,24 @@ def test_9_many_mappings_get_distinct_ptes_and_all_unmap(vm: Vm) -> None:
         vm.verify.assert_unmapped(va, 0x1000)
 
 
+def test_9_the_257th_live_mapping_returns_null_and_nothing_leaks(vm: Vm) -> None:
+    """The live-mapping table holds 256 entries; a full table fails the map cleanly."""
+    live = vm.mm.outstanding()["iospace_mappings"]
+    vas = []
+    try:
+        for _ in range(256 - live):
+            vas.append(vm.mm.MmMapIoSpace(IO_APIC, 0x10, MM_NON_CACHED))
+        assert all(vas)
+        before = vm.mm.outstanding()
+        assert vm.mm.MmMapIoSpace(IO_APIC, 0x10, MM_NON_CACHED) == 0
+        assert vm.mm.outstanding() == before
+    finally:
+        for va in vas:
+            if va:
+                vm.mm.MmUnmapIoSpace(va, 0x10)
+    vm.verify.assert_unmapped(min(vas), 0x1000)
+
+
 # --------------------------------------------------------------------------------------------------
 # §3 item 6
 
