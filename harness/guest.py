@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from harness.ddi.base import DdiFamily, Transport, pool_tag
+from harness.ddi.contiguous import ContiguousDdis
 from harness.ddi.copy import CopyDdis
+from harness.ddi.iospace import IoSpaceDdis
 from harness.ddi.irql import IrqlDdis
 from harness.ddi.pool import NON_PAGED_POOL, NON_PAGED_POOL_NX, PoolDdis
 
@@ -84,5 +86,5 @@ class AgentCommands(DdiFamily):
         return self._bool(self._call("MmIsAddressValid", va), "valid")
 
 
-class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, CopyDdis):
+class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, CopyDdis, IoSpaceDdis, ContiguousDdis):
     pass
