@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from harness.ddi.base import DdiFamily, Transport, pool_tag
 from harness.ddi.dxgk import DxgkDdis
 from harness.ddi.irql import IrqlDdis
+from harness.ddi.mdl import MdlDdis
 from harness.ddi.pool import NON_PAGED_POOL, NON_PAGED_POOL_NX, PoolDdis
 from harness.ddi.usermode import UserModeDdis
 
@@ -85,5 +86,5 @@ class AgentCommands(DdiFamily):
         return self._bool(self._call("MmIsAddressValid", va), "valid")
 
 
-class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, UserModeDdis, DxgkDdis):
+class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, MdlDdis, UserModeDdis, DxgkDdis):
     pass
