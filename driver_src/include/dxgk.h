@@ -5,25 +5,23 @@
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>
+#include "mdl.h" /* NTSTATUS, STATUS_SUCCESS */
 #include "ntddk.h"
 
 typedef void *HANDLE;
 typedef uint32_t UINT;
 typedef ULONG ACCESS_MASK;
 typedef void *POBJECT_ATTRIBUTES;
-typedef int32_t NTSTATUS;
 
-#ifndef STATUS_SUCCESS
-#define STATUS_SUCCESS 0x00000000
-#endif
+/* Other families may name these too: the first definition wins (the values are NT's, ntstatus.h). */
 #ifndef STATUS_INVALID_HANDLE
-#define STATUS_INVALID_HANDLE 0xC0000008
+#define STATUS_INVALID_HANDLE ((NTSTATUS)0xC0000008)
 #endif
 #ifndef STATUS_INVALID_PARAMETER
-#define STATUS_INVALID_PARAMETER 0xC000000D
+#define STATUS_INVALID_PARAMETER ((NTSTATUS)0xC000000D)
 #endif
 #ifndef STATUS_INSUFFICIENT_RESOURCES
-#define STATUS_INSUFFICIENT_RESOURCES 0xC000009A
+#define STATUS_INSUFFICIENT_RESOURCES ((NTSTATUS)0xC000009A)
 #endif
 
 /* Section page protections DXGK accepts (winnt.h values). */

@@ -1,7 +1,8 @@
 /*
  * DXGK physical memory objects (ddi-spec §12, include/dxgk.h), built on this kernel's own
- * primitives: frames for MDL, section and contiguous memory, the system PTEs for kernel views and
- * the user half (include/usermode.h) for user views.
+ * primitives: MmAllocatePagesForMdlEx for MDL and section memory, contiguous frames straight from
+ * the frame allocator (no permanent mapping, unlike MmAllocateContiguousMemory), the system PTEs
+ * for kernel views and the user half (include/usermode.h) for user views.
  *
  * Handles are pointers to objects on a list; a handle is looked up on the list before it is
  * touched, so a stale or foreign one is recognised instead of dereferenced.
@@ -12,6 +13,7 @@
 #include "irql.h"
 #include "kstring.h"
 #include "layout.h"
+#include "mdl.h"
 #include "pagetable.h"
 #include "syspte.h"
 #include "usermode.h"
@@ -34,8 +36,8 @@ struct dxgk_object {
 	bool read_only; /* a SECTION created PAGE_READONLY or PAGE_EXECUTE */
 	uint64_t size, pages, views;
 	struct adapter_object adapter; /* its address is the hAdapterMemoryObject handle */
-	pfn_t io_base;                 /* IO_SPACE: the first frame; others keep one per page below */
-	pfn_t pfn[];
+	PMDL mdl;                      /* MDL and SECTION: the pages */
+	pfn_t first;                   /* CONTIGUOUS and IO_SPACE: the first frame */
 };
 
 struct view {
@@ -73,42 +75,28 @@ static struct dxgk_object *owner_of_adapter_object(HANDLE handle)
 
 static pfn_t page_frame(const struct dxgk_object *o, uint64_t index)
 {
-	return o->type == DXGK_PHYSICAL_MEMORY_TYPE_IO_SPACE ? o->io_base + index : o->pfn[index];
+	return o->mdl ? MmGetMdlPfnArray(o->mdl)[index] : o->first + index;
 }
 
-static enum pfn_state frame_purpose(DXGK_PHYSICAL_MEMORY_TYPE type)
+/* MDL and SECTION: all or nothing, as ddi-spec §12.4 [DECISION] asks. */
+static bool allocate_mdl(struct dxgk_object *o, uint64_t low, uint64_t high, uint64_t skip, UINT flags)
 {
-	return type == DXGK_PHYSICAL_MEMORY_TYPE_CONTIGUOUS_MEMORY ? PFN_CONTIGUOUS : PFN_MDL_PAGES;
+	PHYSICAL_ADDRESS l = {.QuadPart = (LONGLONG)low}, h = {.QuadPart = (LONGLONG)high};
+	PHYSICAL_ADDRESS s = {.QuadPart = (LONGLONG)skip};
+	o->mdl = MmAllocatePagesForMdlEx(l, h, s, o->size, (MEMORY_CACHING_TYPE)o->cache,
+					 flags | MM_ALLOCATE_FULLY_REQUIRED);
+	return o->mdl != NULL;
 }
 
-static void free_frames(struct dxgk_object *o, uint64_t count)
+static void free_pages(struct dxgk_object *o)
 {
-	for (uint64_t i = 0; i < count; i++)
-		frame_free(o->pfn[i], frame_purpose(o->type));
-}
-
-/* MDL and SECTION: any frames in low..high, one at a time (MmAllocatePagesForMdlEx with
- * MM_ALLOCATE_FULLY_REQUIRED: all or nothing). */
-static bool allocate_scattered(struct dxgk_object *o, pfn_t lowest, pfn_t highest)
-{
-	for (uint64_t i = 0; i < o->pages; i++) {
-		o->pfn[i] = frames_alloc_contiguous(1, lowest, highest, 0, PFN_MDL_PAGES);
-		if (o->pfn[i] == PFN_NONE) {
-			free_frames(o, i);
-			return false;
-		}
+	if (o->mdl) {
+		MmFreePagesFromMdl(o->mdl);
+		IoFreeMdl(o->mdl);
+	} else if (o->type == DXGK_PHYSICAL_MEMORY_TYPE_CONTIGUOUS_MEMORY) {
+		for (uint64_t i = 0; i < o->pages; i++)
+			frame_free(o->first + i, PFN_CONTIGUOUS);
 	}
-	return true;
-}
-
-static bool allocate_contiguous(struct dxgk_object *o, pfn_t lowest, pfn_t highest, uint64_t boundary_pages)
-{
-	pfn_t first = frames_alloc_contiguous(o->pages, lowest, highest, boundary_pages, PFN_CONTIGUOUS);
-	if (first == PFN_NONE)
-		return false;
-	for (uint64_t i = 0; i < o->pages; i++)
-		o->pfn[i] = first + i;
-	return true;
 }
 
 static bool section_protection_valid(ULONG protection)
@@ -150,8 +138,7 @@ NTSTATUS DxgkCbCreatePhysicalMemoryObject(DXGKARGCB_CREATE_PHYSICAL_MEMORY_OBJEC
 	bool io = a->Type == DXGK_PHYSICAL_MEMORY_TYPE_IO_SPACE;
 	if (!io && pages > frame_stats().free)
 		return STATUS_INSUFFICIENT_RESOURCES;
-	struct dxgk_object *o =
-		ExAllocatePoolWithTag(NonPagedPoolNx, sizeof(*o) + (io ? 0 : pages * sizeof(pfn_t)), DXGK_POOL_TAG);
+	struct dxgk_object *o = ExAllocatePoolWithTag(NonPagedPoolNx, sizeof(*o), DXGK_POOL_TAG);
 	if (!o)
 		return STATUS_INSUFFICIENT_RESOURCES;
 	*o = (struct dxgk_object){
@@ -166,28 +153,30 @@ NTSTATUS DxgkCbCreatePhysicalMemoryObject(DXGKARGCB_CREATE_PHYSICAL_MEMORY_OBJEC
 	bool allocated = true;
 	switch (a->Type) {
 	case DXGK_PHYSICAL_MEMORY_TYPE_MDL:
-		allocated = allocate_scattered(o, (uint64_t)a->Mdl.LowAddress.QuadPart >> PAGE_SHIFT,
-					       (uint64_t)a->Mdl.HighAddress.QuadPart >> PAGE_SHIFT);
+		allocated = allocate_mdl(o, (uint64_t)a->Mdl.LowAddress.QuadPart, (uint64_t)a->Mdl.HighAddress.QuadPart,
+					 (uint64_t)a->Mdl.SkipBytes.QuadPart, a->Mdl.Flags);
 		break;
-	case DXGK_PHYSICAL_MEMORY_TYPE_SECTION: /* no sections here: pagefile-backed = any RAM */
-		allocated = allocate_scattered(o, 0, UINT64_MAX >> PAGE_SHIFT);
+	case DXGK_PHYSICAL_MEMORY_TYPE_SECTION: /* no sections here: pagefile-backed = any RAM page */
+		allocated = allocate_mdl(o, 0, INT64_MAX, 0, 0);
 		break;
 	case DXGK_PHYSICAL_MEMORY_TYPE_CONTIGUOUS_MEMORY:
-		allocated = allocate_contiguous(o, (uint64_t)a->ContiguousMemory.LowestAcceptableAddress.QuadPart >> PAGE_SHIFT,
-						(uint64_t)a->ContiguousMemory.HighestAcceptableAddress.QuadPart >> PAGE_SHIFT,
-						(uint64_t)a->ContiguousMemory.BoundaryAddressMultiple.QuadPart >> PAGE_SHIFT);
+		o->first = frames_alloc_contiguous(
+			pages, (uint64_t)a->ContiguousMemory.LowestAcceptableAddress.QuadPart >> PAGE_SHIFT,
+			(uint64_t)a->ContiguousMemory.HighestAcceptableAddress.QuadPart >> PAGE_SHIFT,
+			(uint64_t)a->ContiguousMemory.BoundaryAddressMultiple.QuadPart >> PAGE_SHIFT, PFN_CONTIGUOUS);
+		allocated = o->first != PFN_NONE;
+		if (allocated) /* MmAllocatePagesForMdlEx zeroes its pages; these never show a previous owner's data either */
+			for (uint64_t i = 0; i < pages; i++)
+				memset(phys_to_virt((o->first + i) << PAGE_SHIFT), 0, PAGE_SIZE);
 		break;
 	case DXGK_PHYSICAL_MEMORY_TYPE_IO_SPACE:
-		o->io_base = (uint64_t)a->IOSpace.BaseAddress.QuadPart >> PAGE_SHIFT;
+		o->first = (uint64_t)a->IOSpace.BaseAddress.QuadPart >> PAGE_SHIFT;
 		break;
 	}
 	if (!allocated) {
 		ExFreePoolWithTag(o, DXGK_POOL_TAG);
 		return STATUS_INSUFFICIENT_RESOURCES;
 	}
-	if (!io) /* fresh pages never show a previous owner's data */
-		for (uint64_t i = 0; i < pages; i++)
-			memset(phys_to_virt(o->pfn[i] << PAGE_SHIFT), 0, PAGE_SIZE);
 	o->signature = DXGK_OBJECT_SIGNATURE;
 	o->adapter = (struct adapter_object){.adapter = a->hAdapter, .open = a->hAdapter != 0};
 	o->next = objects;
@@ -290,8 +279,7 @@ void DxgkCbDestroyPhysicalMemoryObject(const DXGKARGCB_DESTROY_PHYSICAL_MEMORY_O
 	while (*link != o)
 		link = &(*link)->next;
 	*link = o->next;
-	if (o->type != DXGK_PHYSICAL_MEMORY_TYPE_IO_SPACE)
-		free_frames(o, o->pages);
+	free_pages(o);
 	o->signature = 0;
 	ExFreePoolWithTag(o, DXGK_POOL_TAG);
 }

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness.ddi.dxgk import (
+    HIGHEST_ADDRESS,
     PAGE_READONLY,
     PAGE_READWRITE,
     STATUS_INSUFFICIENT_RESOURCES,
@@ -317,7 +318,7 @@ def test_12_4_mdl_honours_its_address_limits(vm: Vm) -> None:
     (0xFFFF_FFFF_FFFF_FFFF, PhysicalMemoryType.MDL, CachingType.CACHED, STATUS_INVALID_PARAMETER),
 ])
 def test_12_4_create_refuses_bad_input(vm: Vm, size: int, kind: int, cache: int, status: int) -> None:
-    result = vm.mm.DxgkCbCreatePhysicalMemoryObject(0, size, kind, cache, 0, 0xFFFF_FFFF_FFFF_FFFF)
+    result = vm.mm.DxgkCbCreatePhysicalMemoryObject(0, size, kind, cache, 0, HIGHEST_ADDRESS)
     assert result.status == status and result.hPhysicalMemoryObject == 0
 
 
