@@ -60,7 +60,7 @@ static void probe(const struct request *r)
 	if (!argument_at_most(r, "op", op, USER_PROBE_WRITE))
 		return;
 	if (!usermode_init()) {
-		frame_error(r->id, ERROR_BAD_ARGUMENT, "no frame left for the user page tables");
+		frame_error(r->id, ERROR_BAD_ARGUMENT, "user mode unavailable: no SYSCALL, or no frame for the user page tables");
 		return;
 	}
 	struct user_probe_result result = usermode_probe(va, (unsigned)op, r->values[2].integer);

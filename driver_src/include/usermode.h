@@ -1,7 +1,9 @@
 /*
  * User mode: one user address space in the lower half of the kernel's own tables (U/S set on
  * every level on the way to a user page), ring-3 code and data segments, and a ring-3 probe that
- * reads or writes one user VA and comes back to the kernel, a fault included, as a result.
+ * reads or writes one user VA and comes back to the kernel, a fault included, as a result. The way
+ * back is an exception in both cases: the probe ends with UD2 at a known address (docs/ddi/usermode.md:
+ * INT n and SYSCALL from ring 3 misbehave under the nested-KVM config).
  *
  * Layout of the user half (layout.h): USER_REGION_BASE holds two 2 MiB page tables, built at first
  * use: the first maps the probe's code and stack, the second is a pool of 4 KiB pages for user
@@ -17,9 +19,6 @@
 #define USER_VIEW_PAGES PT_ENTRIES
 #define USER_REGION_END (USER_VIEW_BASE + USER_VIEW_PAGES * PAGE_SIZE)
 
-/* Ring 3 comes back to the kernel through INT with this vector (NT's old KiSystemService vector). */
-#define USER_RETURN_VECTOR 0x2E
-
 #define USER_PROBE_READ 0
 #define USER_PROBE_WRITE 1
 
@@ -27,6 +26,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include "compiler.h"
+#include "trap.h"
 
 struct user_probe_result {
 	bool completed;  /* false: ring 3 faulted, vector/error/address say how */
@@ -48,6 +48,7 @@ uint64_t pte_user_leaf(uint64_t pa, bool writable);
 void user_map_page(uint64_t va, uint64_t entry);
 void user_unmap_page(uint64_t va);
 
-/* Called by trap_handle() for any exception taken in ring 3: ends the probe with that fault. */
-NORETURN void usermode_fault(uint64_t vector, uint64_t error, uint64_t address, uint64_t rip);
+/* Called by trap_handle() for any exception taken in ring 3 (cr2 for a #PF): ends the probe, with
+ * its result when the exception is the probe's final UD2, else with that fault. */
+NORETURN void usermode_fault(const struct trap_frame *frame, uint64_t cr2);
 #endif

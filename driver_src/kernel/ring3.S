@@ -1,8 +1,8 @@
 /*
- * Ring-3 transitions (include/usermode.h). ring3_enter() drops to ring 3 with IRETQ; ring 3 comes
- * back through INT USER_RETURN_VECTOR (a DPL-3 gate to ring3_return), and a fault taken in ring 3
- * comes back through usermode_fault() and ring3_abandon(). Both restore the kernel context that
- * ring3_enter() saved and return from it.
+ * Ring-3 transitions (include/usermode.h). ring3_enter() drops to ring 3 with IRETQ; every way back
+ * is an exception taken in ring 3 (the probe's final UD2, or a fault on its access), which
+ * trap_handle() hands to usermode_fault(), and ring3_abandon() restores the kernel context that
+ * ring3_enter() saved and returns from it.
  */
 #include "x86.h"
 #include "usermode.h"
@@ -16,16 +16,17 @@ ring3_probe_page:
 	cmp $USER_PROBE_WRITE, %rsi
 	je 1f
 	mov (%rdi), %rax
-	int $USER_RETURN_VECTOR
+	jmp ring3_probe_done
 1:	mov %rdx, (%rdi)
 	xor %eax, %eax
-	int $USER_RETURN_VECTOR
+	.globl ring3_probe_done
+ring3_probe_done: /* rax: the result */
 	ud2
 	.balign 4096, 0xCC
 
 	.text
-/* uint64_t ring3_enter(uint64_t rip, uint64_t rsp, uint64_t rdi, uint64_t rsi, uint64_t rdx):
- * returns ring 3's rax, or ring3_abandon()'s argument. */
+/* void ring3_enter(uint64_t rip, uint64_t rsp, uint64_t rdi, uint64_t rsi, uint64_t rdx): returns
+ * when ring3_abandon() is called. */
 	.globl ring3_enter
 	.type ring3_enter, @function
 ring3_enter:
@@ -64,19 +65,10 @@ ring3_enter:
 	iretq
 	.size ring3_enter, . - ring3_enter
 
-/* INT USER_RETURN_VECTOR from ring 3, on the TSS RSP0 stack: rax is the probe's result. */
-	.globl ring3_return
-	.type ring3_return, @function
-ring3_return:
-	jmp ring3_restore_kernel
-	.size ring3_return, . - ring3_return
-
-/* NORETURN void ring3_abandon(uint64_t rax): from a ring-3 fault's handler. */
+/* NORETURN void ring3_abandon(void): from usermode_fault(), on the ring-0 stack of the exception. */
 	.globl ring3_abandon
 	.type ring3_abandon, @function
 ring3_abandon:
-	mov %rdi, %rax
-ring3_restore_kernel:
 	cld
 	mov $GDT_KERNEL_DATA, %ecx
 	mov %ecx, %ds

@@ -43,7 +43,6 @@ struct PACKED table_register {
 };
 
 #define GATE_INTERRUPT_DPL0 0x8E
-#define GATE_INTERRUPT_DPL3 0xEE /* INT n allowed from ring 3 */
 #define RING0_STACK_SIZE 0x2000
 #define TSS_AVAILABLE 0x89
 
@@ -57,7 +56,6 @@ static uint64_t gdt[7] = {0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0, 0, 0x00C
 _Static_assert(GDT_USER_DATA / 8 == 5 && GDT_USER_CODE / 8 == 6, "ring-3 descriptors");
 extern const uint64_t trap_entry_points[EXCEPTION_VECTORS];
 extern const uint64_t interrupt_entry_points[IDT_VECTORS - FIRST_INTERRUPT_VECTOR];
-extern const char ring3_return[];
 
 static void set_tss_descriptor(void)
 {
@@ -87,13 +85,11 @@ void trap_init(void)
 	for (unsigned v = 0; v < IDT_VECTORS; v++) {
 		uint64_t entry = v < EXCEPTION_VECTORS ? trap_entry_points[v]
 						       : interrupt_entry_points[v - FIRST_INTERRUPT_VECTOR];
-		if (v == USER_RETURN_VECTOR)
-			entry = (uint64_t)ring3_return;
 		idt[v] = (struct idt_gate){
 			.offset_low = (uint16_t)entry,
 			.selector = GDT_KERNEL_CODE,
 			.ist = ist_for(v),
-			.type = v == USER_RETURN_VECTOR ? GATE_INTERRUPT_DPL3 : GATE_INTERRUPT_DPL0,
+			.type = GATE_INTERRUPT_DPL0,
 			.offset_mid = (uint16_t)(entry >> 16),
 			.offset_high = (uint32_t)(entry >> 32),
 		};
@@ -214,7 +210,7 @@ static NORETURN void trap_bugcheck(struct trap_frame *f)
 void trap_handle(struct trap_frame *f)
 {
 	if (f->cs & 3) /* ring 3 faulted: the probe's result, never a stop */
-		usermode_fault(f->vector, f->error, f->vector == VECTOR_PAGE_FAULT ? read_cr2() : 0, f->rip);
+		usermode_fault(f, f->vector == VECTOR_PAGE_FAULT ? read_cr2() : 0);
 	if (f->vector == VECTOR_PAGE_FAULT || f->vector == VECTOR_GENERAL_PROTECTION) {
 		uint64_t resume = exception_fixup_for(f->rip);
 		if (resume) {

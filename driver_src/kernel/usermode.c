@@ -8,16 +8,15 @@
 #include "pagetable.h"
 #include "x86.h"
 
-extern const char ring3_probe_page[];
-uint64_t ring3_enter(uint64_t rip, uint64_t rsp, uint64_t rdi, uint64_t rsi, uint64_t rdx);
-NORETURN void ring3_abandon(uint64_t rax);
+extern const char ring3_probe_page[], ring3_probe_done[];
+void ring3_enter(uint64_t rip, uint64_t rsp, uint64_t rdi, uint64_t rsi, uint64_t rdx);
+NORETURN void ring3_abandon(void);
 
 static uint8_t probe_stack[PAGE_SIZE] ALIGNED(PAGE_SIZE);
 static bool user_half_ready;
 static bool view_in_use[USER_VIEW_PAGES];
 
-static struct user_probe_result probe_fault;
-static bool probe_faulted;
+static struct user_probe_result probe_result;
 
 uint64_t pte_user_leaf(uint64_t pa, bool writable)
 {
@@ -56,21 +55,23 @@ bool usermode_init(void)
 
 struct user_probe_result usermode_probe(uint64_t va, unsigned op, uint64_t value)
 {
-	probe_faulted = false;
-	uint64_t rax = ring3_enter(USER_PROBE_CODE_VA, USER_PROBE_STACK_VA + PAGE_SIZE, va, op, value);
-	if (probe_faulted)
-		return probe_fault;
-	return (struct user_probe_result){.completed = true, .value = rax};
+	ring3_enter(USER_PROBE_CODE_VA, USER_PROBE_STACK_VA + PAGE_SIZE, va, op, value);
+	return probe_result;
 }
 
-void usermode_fault(uint64_t vector, uint64_t error, uint64_t address, uint64_t rip)
+#define VECTOR_INVALID_OPCODE 6
+
+void usermode_fault(const struct trap_frame *f, uint64_t cr2)
 {
 	if (!user_half_ready) /* ring 3 without a probe in flight cannot happen */
-		KeBugCheckEx(UNEXPECTED_KERNEL_MODE_TRAP, vector, 0, 0, 0);
-	probe_fault = (struct user_probe_result){
-		.completed = false, .vector = vector, .error = error, .address = address, .rip = rip};
-	probe_faulted = true;
-	ring3_abandon(0);
+		KeBugCheckEx(UNEXPECTED_KERNEL_MODE_TRAP, f->vector, 0, 0, 0);
+	uint64_t done = USER_PROBE_CODE_VA + (uint64_t)(ring3_probe_done - ring3_probe_page);
+	if (f->vector == VECTOR_INVALID_OPCODE && f->rip == done)
+		probe_result = (struct user_probe_result){.completed = true, .value = f->rax};
+	else
+		probe_result = (struct user_probe_result){
+			.completed = false, .vector = f->vector, .error = f->error, .address = cr2, .rip = f->rip};
+	ring3_abandon();
 }
 
 uint64_t user_view_reserve(uint64_t count)

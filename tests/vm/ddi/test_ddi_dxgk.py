@@ -403,3 +403,14 @@ def test_12_4_destroy_frees_the_frames_and_leak_counts_return(vm: Vm) -> None:
     assert vm.mm.frame_stats().free == before, "the object's 8 frames came back"
     with pytest.raises(Exception, match="no live DXGK object"):
         vm.mm.dxgk_object_info(handle)
+
+
+def test_12_4_mdl_passes_its_flags_to_mm_allocate_pages_for_mdl_ex(vm: Vm) -> None:
+    """Mdl.Flags reach MmAllocatePagesForMdlEx: REQUIRE_CONTIGUOUS_CHUNKS (0x20) with no SkipBytes gives
+    one physically contiguous run; a flag it does not know fails the create."""
+    result = vm.mm.create_mdl(6 * PAGE, CachingType.CACHED, flags=0x20)
+    assert result.status == STATUS_SUCCESS
+    pfns = vm.mm.dxgk_object_info(result.hPhysicalMemoryObject).pfns
+    assert pfns == tuple(range(pfns[0], pfns[0] + 6))
+    vm.mm.DxgkCbDestroyPhysicalMemoryObject(result.hPhysicalMemoryObject)
+    assert vm.mm.create_mdl(PAGE, CachingType.CACHED, flags=0x8000_0000).status == STATUS_INSUFFICIENT_RESOURCES
