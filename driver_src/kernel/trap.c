@@ -163,7 +163,7 @@ static void classify_page_fault(struct bugcheck *b, const struct trap_frame *f)
 		set_stop(b, PAGE_FAULT_IN_NONPAGED_AREA, va, access, f->rip, PF_TYPE_ACCESS_INCONSISTENT);
 	else if (f->error & PF_ERR_W)
 		set_stop(b, ATTEMPTED_WRITE_TO_READONLY_MEMORY, va, walk.entry, 0, 0);
-	else /* a present page refused for another reason (SMAP, protection keys) */
+	else /* a present page refused for another reason (protection keys) */
 		set_stop(b, PAGE_FAULT_IN_NONPAGED_AREA, va, access, f->rip, PF_TYPE_ACCESS_INCONSISTENT);
 }
 

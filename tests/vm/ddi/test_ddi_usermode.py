@@ -99,3 +99,10 @@ def test_kernel_execution_of_a_user_page_bugchecks_0xfc(fresh_vm: Vm) -> None:
     with expect_stop(ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY, USER_PROBE_CODE_VA, pte, 0, 0) as stop:
         fresh_vm.mm.user_kernel_execute(USER_PROBE_CODE_VA)
     assert (stop.record.error_code or 0) & (PF_ERR_P | PF_ERR_ID | PF_ERR_US) == PF_ERR_P | PF_ERR_ID
+
+
+def test_ring3_access_to_a_non_canonical_address_comes_back_as_gp(vm: Vm) -> None:
+    """Non-canonical under 4- and 5-level paging: #GP(0) in ring 3, reported with the probe's RIP."""
+    result = vm.mm.user_probe_read(0x8000_0000_0000_0000)
+    assert not result.completed and result.vector == 13 and result.error == 0
+    assert USER_PROBE_CODE_VA <= result.rip < USER_PROBE_CODE_VA + 0x1000
