@@ -414,3 +414,22 @@ def test_12_4_mdl_passes_its_flags_to_mm_allocate_pages_for_mdl_ex(vm: Vm) -> No
     assert pfns == tuple(range(pfns[0], pfns[0] + 6))
     vm.mm.DxgkCbDestroyPhysicalMemoryObject(result.hPhysicalMemoryObject)
     assert vm.mm.create_mdl(PAGE, CachingType.CACHED, flags=0x8000_0000).status == STATUS_INSUFFICIENT_RESOURCES
+
+
+@pytest.mark.parametrize(("base", "size"), [(IO_BASE, 1 << 52), (1 << 52, PAGE), (0xFFFF_FFFF_FFFF_F000, PAGE)])
+def test_12_4_io_space_beyond_the_physical_address_width_fails(vm: Vm, base: int, size: int) -> None:
+    result = vm.mm.create_io_space(size, CachingType.NON_CACHED, base)
+    assert result.status == STATUS_INVALID_PARAMETER and result.hPhysicalMemoryObject == 0
+
+
+def test_12_4_open_without_an_adapter_fails(vm: Vm) -> None:
+    handle = _create(vm, PhysicalMemoryType.MDL, PAGE, CachingType.CACHED)
+    assert vm.mm.DxgkCbOpenPhysicalMemoryObject(handle, 0).status == STATUS_INVALID_PARAMETER
+    vm.mm.DxgkCbDestroyPhysicalMemoryObject(handle)
+
+
+def test_12_4_destroy_with_a_foreign_adapter_object_bugchecks_0xc4_0x1000(fresh_vm: Vm) -> None:
+    a = fresh_vm.mm.create_mdl(PAGE, CachingType.CACHED, adapter=ADAPTER)
+    b = fresh_vm.mm.create_mdl(PAGE, CachingType.CACHED, adapter=OTHER_ADAPTER)
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, DXGK_INVALID_HANDLE, b.hAdapterMemoryObject, 0, 0):
+        fresh_vm.mm.DxgkCbDestroyPhysicalMemoryObject(a.hPhysicalMemoryObject, b.hAdapterMemoryObject)
