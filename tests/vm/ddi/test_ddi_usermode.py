@@ -106,3 +106,21 @@ def test_ring3_access_to_a_non_canonical_address_comes_back_as_gp(vm: Vm) -> Non
     result = vm.mm.user_probe_read(0x8000_0000_0000_0000)
     assert not result.completed and result.vector == 13 and result.error == 0
     assert USER_PROBE_CODE_VA <= result.rip < USER_PROBE_CODE_VA + 0x1000
+
+
+def test_us_is_set_only_on_the_path_to_the_user_region(vm: Vm) -> None:
+    """U/S=1 on every level above a user page, on no top-level entry but the user region's, and nowhere
+    on the way to kernel text; the probe's code page is user R X."""
+    page = vm.mm.user_page_allocate()
+    try:
+        user_walk = vm.verify.walk(page.va)
+        assert all(step.entry & 0x4 for step in user_walk.steps), user_walk.describe()
+        root = user_walk.steps[0].table_pa
+        top = vm.qemu.xp(root, 512)
+        assert [i for i, entry in enumerate(top) if entry & 0x5 == 0x5] == [0], "only slot 0 is user"
+        kernel_walk = vm.verify.walk(vm.mm.kernel_info().text_start)
+        assert not any(step.entry & 0x4 for step in kernel_walk.steps), kernel_walk.describe()
+        code = vm.verify.leaf_entries(USER_PROBE_CODE_VA, 1)[0][1]
+        assert code & 0x7 == 0x5 and not code >> 63, "present, read-only, user, executable"
+    finally:
+        vm.mm.user_page_free(page.va)
