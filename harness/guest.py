@@ -11,9 +11,12 @@ from dataclasses import dataclass, fields
 from harness.ddi.base import DdiFamily, Transport, pool_tag
 from harness.ddi.contiguous import ContiguousDdis
 from harness.ddi.copy import CopyDdis
+from harness.ddi.dxgk import DxgkDdis
 from harness.ddi.iospace import IoSpaceDdis
 from harness.ddi.irql import IrqlDdis
+from harness.ddi.mdl import MdlDdis
 from harness.ddi.pool import NON_PAGED_POOL, NON_PAGED_POOL_NX, PoolDdis
+from harness.ddi.usermode import UserModeDdis
 
 __all__ = ["NON_PAGED_POOL", "NON_PAGED_POOL_NX", "FrameStats", "KernelInfo", "MemoryManager", "Transport",
            "pool_tag"]
@@ -86,5 +89,6 @@ class AgentCommands(DdiFamily):
         return self._bool(self._call("MmIsAddressValid", va), "valid")
 
 
-class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, CopyDdis, IoSpaceDdis, ContiguousDdis):
+class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, CopyDdis, IoSpaceDdis, ContiguousDdis, MdlDdis, UserModeDdis,
+                    DxgkDdis):
     pass

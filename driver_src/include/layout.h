@@ -2,8 +2,13 @@
  * The kernel's virtual address space. Regions follow NT x64 (ddi-spec §2.2); the physmap is ours.
  *
  *   0x0000000000000000 +------------------------------------------------+
- *                      | user half: nothing mapped; no identity map      |
- *                      | survives boot, so no VA equals its PA           |
+ *                      | user half: no identity map survives boot, so    |
+ *                      | no VA equals its PA; U/S=1 only on the path to  |
+ *                      | the user region below (usermode.h)              |
+ *   0x0000000010000000 |   user region, tables built at first use:       |
+ *                      |   ring-3 probe code (R X), its stack (RW NX)    |
+ *   0x0000000010200000 |   user views: 512 pages (DXGK user mappings,    |
+ *                      |   user test pages)                              |
  *   0x00007FFFFFFFFFFF +------------------------------------------------+
  *                      :  non-canonical (4-level); user half (5-level)   :
  *   0xFFFF880000000000 +------------------------------------------------+

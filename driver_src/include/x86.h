@@ -38,7 +38,9 @@
 
 #define GDT_KERNEL_CODE 0x08
 #define GDT_KERNEL_DATA 0x10
-#define GDT_TSS 0x18
+#define GDT_TSS 0x18 /* 16 bytes */
+#define GDT_USER_DATA 0x28 /* ring 3: NT's KGDT64_R3_DATA and KGDT64_R3_CODE */
+#define GDT_USER_CODE 0x30
 
 #ifndef __ASSEMBLER__
 #include <stdint.h>

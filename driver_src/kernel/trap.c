@@ -5,6 +5,7 @@
 #include "nofault.h"
 #include "pagetable.h"
 #include "raw_access.h"
+#include "usermode.h"
 #include "x86.h"
 
 enum vector {
@@ -42,13 +43,17 @@ struct PACKED table_register {
 };
 
 #define GATE_INTERRUPT_DPL0 0x8E
+#define RING0_STACK_SIZE 0x2000
 #define TSS_AVAILABLE 0x89
 
 static struct tss tss;
 static uint8_t ist_stacks[IST_COUNT][IST_STACK_SIZE] ALIGNED(16);
 static struct idt_gate idt[IDT_VECTORS];
-/* null, 64-bit code, data (accessed bits preset), then the 16-byte TSS descriptor. */
-static uint64_t gdt[5] = {0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF};
+/* Where the CPU switches to when ring 3 enters the kernel (TSS RSP0). */
+static uint8_t ring0_stack[RING0_STACK_SIZE] ALIGNED(16);
+/* null, 64-bit code, data (accessed bits preset), the 16-byte TSS descriptor, ring-3 data and code. */
+static uint64_t gdt[7] = {0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0, 0, 0x00CFF3000000FFFF, 0x00AFFB000000FFFF};
+_Static_assert(GDT_USER_DATA / 8 == 5 && GDT_USER_CODE / 8 == 6, "ring-3 descriptors");
 extern const uint64_t trap_entry_points[EXCEPTION_VECTORS];
 extern const uint64_t interrupt_entry_points[IDT_VECTORS - FIRST_INTERRUPT_VECTOR];
 
@@ -74,6 +79,7 @@ void trap_init(void)
 {
 	for (unsigned i = 0; i < IST_COUNT; i++)
 		tss.ist[i] = (uint64_t)ist_stacks[i] + IST_STACK_SIZE;
+	tss.rsp[0] = (uint64_t)ring0_stack + RING0_STACK_SIZE;
 	tss.iomap_base = sizeof(tss);
 	set_tss_descriptor();
 	for (unsigned v = 0; v < IDT_VECTORS; v++) {
@@ -151,11 +157,13 @@ static void classify_page_fault(struct bugcheck *b, const struct trap_frame *f)
 	else if (!(f->error & PF_ERR_P))
 		set_stop(b, PAGE_FAULT_IN_NONPAGED_AREA, va, access, f->rip,
 			 walk.stop == PT_NOT_PRESENT && walk.level > 1 ? PF_TYPE_TABLE_NOT_PRESENT : PF_TYPE_FREED_PTE);
-	else if (f->error & PF_ERR_ID)
+	else if (f->error & PF_ERR_ID) /* NX, or SMEP on a user page */
 		set_stop(b, ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY, va, walk.entry, 0, 0);
+	else if (walk.entry & PTE_US) /* SMAP: the kernel touched a user page without STAC (docs/ddi/usermode.md) */
+		set_stop(b, PAGE_FAULT_IN_NONPAGED_AREA, va, access, f->rip, PF_TYPE_ACCESS_INCONSISTENT);
 	else if (f->error & PF_ERR_W)
 		set_stop(b, ATTEMPTED_WRITE_TO_READONLY_MEMORY, va, walk.entry, 0, 0);
-	else /* a present page refused for another reason (SMAP, protection keys) */
+	else /* a present page refused for another reason (protection keys) */
 		set_stop(b, PAGE_FAULT_IN_NONPAGED_AREA, va, access, f->rip, PF_TYPE_ACCESS_INCONSISTENT);
 }
 
@@ -201,6 +209,8 @@ static NORETURN void trap_bugcheck(struct trap_frame *f)
 
 void trap_handle(struct trap_frame *f)
 {
+	if (f->cs & 3) /* ring 3 faulted: the probe's result, never a stop */
+		usermode_fault(f, f->vector == VECTOR_PAGE_FAULT ? read_cr2() : 0);
 	if (f->vector == VECTOR_PAGE_FAULT || f->vector == VECTOR_GENERAL_PROTECTION) {
 		uint64_t resume = exception_fixup_for(f->rip);
 		if (resume) {
