@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from harness.ddi.base import DdiFamily, Transport, pool_tag
 from harness.ddi.irql import IrqlDdis
 from harness.ddi.pool import NON_PAGED_POOL, NON_PAGED_POOL_NX, PoolDdis
+from harness.ddi.reserved_mapping import ReservedMappingDdis
 
 __all__ = ["NON_PAGED_POOL", "NON_PAGED_POOL_NX", "FrameStats", "KernelInfo", "MemoryManager", "Transport",
            "pool_tag"]
@@ -83,5 +84,5 @@ class AgentCommands(DdiFamily):
         return self._bool(self._call("MmIsAddressValid", va), "valid")
 
 
-class MemoryManager(AgentCommands, IrqlDdis, PoolDdis):
+class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, ReservedMappingDdis):
     pass
