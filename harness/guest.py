@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 
 from harness.ddi.base import DdiFamily, Transport, pool_tag
 from harness.ddi.irql import IrqlDdis
+from harness.ddi.mdl import MdlDdis
 from harness.ddi.pool import NON_PAGED_POOL, NON_PAGED_POOL_NX, PoolDdis
 from harness.ddi.reserved_mapping import ReservedMappingDdis
 
@@ -84,5 +85,5 @@ class AgentCommands(DdiFamily):
         return self._bool(self._call("MmIsAddressValid", va), "valid")
 
 
-class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, ReservedMappingDdis):
+class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, MdlDdis, ReservedMappingDdis):
     pass

@@ -1,0 +1,152 @@
+/*
+ * Mapping MDLs into system space (ddi-spec §8.7): MmMapLockedPagesSpecifyCache,
+ * MmUnmapLockedPages, MmGetSystemAddressForMdlSafe. Mappings take system PTEs (syspte.h).
+ */
+#include "mdl.h"
+#include "frames.h"
+#include "pagetable.h"
+#include "syspte.h"
+
+#define PRIORITY_FLAGS (MdlMappingNoWrite | MdlMappingNoExecute)
+
+/* §1.2 and §2.5 [DECISION]: the PTE bits of each caching type (PAT: PWT = WC, PWT|PCD = UC). */
+static bool cache_bits(MEMORY_CACHING_TYPE type, uint64_t *bits)
+{
+	switch (type) {
+	case MmCached:
+	case MmHardwareCoherentCached:
+		*bits = 0;
+		return true;
+	case MmNonCached:
+	case MmNonCachedUnordered:
+		*bits = PTE_PWT | PTE_PCD;
+		return true;
+	case MmWriteCombined:
+	case MmUSWCCached:
+		*bits = PTE_PWT;
+		return true;
+	default:
+		return false;
+	}
+}
+
+/*
+ * [DECISION] (§8.7): Low priority fails when fewer than 1/16 of the system PTEs would stay free,
+ * Normal when fewer than 1/64, High only when there are none.
+ */
+static bool priority_allows(ULONG priority, uint64_t pages)
+{
+	uint64_t free = SYSTEM_PTE_COUNT - syspte_in_use();
+	uint64_t level = priority & ~PRIORITY_FLAGS;
+	uint64_t reserve = level >= HighPagePriority ? 0 : level >= NormalPagePriority ? SYSTEM_PTE_COUNT / 64
+										       : SYSTEM_PTE_COUNT / 16;
+	return pages <= free && free - pages >= reserve;
+}
+
+/* Every page must be locked (or the MDL's own allocation); non-RAM only with MDL_IO_SPACE. */
+static void check_pages(PMDL mdl, PPFN_NUMBER pfns, uint64_t pages)
+{
+	for (uint64_t i = 0; i < pages && pfns[i] != MDL_PFN_END; i++) {
+		enum pfn_state state = frame_state(pfns[i]);
+		if (state == PFN_NOT_RAM) {
+			if (!(mdl->MdlFlags & MDL_IO_SPACE))
+				verifier_violation(VERIFIER_MAP_NOT_RAM_WITHOUT_IO_SPACE, (uint64_t)mdl,
+						   (uint64_t)&pfns[i], pfns[i]);
+		} else if (state != PFN_MDL_PAGES && !frame_lock_count(pfns[i])) {
+			verifier_violation(VERIFIER_MAP_UNLOCKED_PAGE, (uint64_t)mdl, pages, pfns[i]);
+		}
+	}
+}
+
+/*
+ * [DECISION] AccessMode UserMode: this kernel has no user address spaces, so the call "raises"
+ * STATUS_NOT_SUPPORTED (mdl_raised_status) and returns NULL. Kernel mappings are always NX
+ * (MdlMappingNoExecute is a no-op); MdlMappingNoWrite clears RW. BugCheckOnFailure TRUE without
+ * MDL_MAPPING_CAN_FAIL bugchecks NO_MORE_SYSTEM_PTES when the mapping fails (the verifier's 0x82,
+ * which would fire on every such call, is not raised, so that §8.7 test 5 can see 0x3F).
+ */
+PVOID MmMapLockedPagesSpecifyCache(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode,
+				   MEMORY_CACHING_TYPE CacheType, PVOID RequestedAddress, ULONG BugCheckOnFailure,
+				   ULONG Priority)
+{
+	PMDL mdl = MemoryDescriptorList;
+	(void)RequestedAddress;
+	KIRQL irql = KeGetCurrentIrql();
+	mdl_raised_status = STATUS_SUCCESS;
+	if (AccessMode != KernelMode) {
+		if (irql > APC_LEVEL)
+			verifier_violation(VERIFIER_MAP_USER_IRQL, irql, (uint64_t)mdl, AccessMode);
+		mdl_raised_status = STATUS_NOT_SUPPORTED;
+		return NULL;
+	}
+	if (irql > DISPATCH_LEVEL)
+		verifier_violation(VERIFIER_MAP_KERNEL_IRQL, irql, (uint64_t)mdl, AccessMode);
+	uint16_t flags = (uint16_t)mdl->MdlFlags;
+	uint16_t bad = flags & (MDL_MAPPED_TO_SYSTEM_VA | MDL_SOURCE_IS_NONPAGED_POOL | MDL_PARTIAL_HAS_BEEN_MAPPED);
+	if (bad)
+		verifier_violation(VERIFIER_MAP_BAD_FLAGS, (uint64_t)mdl, flags, bad);
+	if (!(flags & (MDL_PAGES_LOCKED | MDL_PARTIAL)))
+		verifier_violation(VERIFIER_MAP_MISSING_FLAGS, (uint64_t)mdl, flags, MDL_PAGES_LOCKED);
+	uint64_t pages = MmGetMdlPageCount(mdl), cache;
+	PPFN_NUMBER pfns = MmGetMdlPfnArray(mdl);
+	check_pages(mdl, pfns, pages);
+	if (!cache_bits(CacheType, &cache) || !pages)
+		return NULL;
+	uint64_t base = priority_allows(Priority, pages) ? syspte_reserve(pages) : 0;
+	if (!base) {
+		if (BugCheckOnFailure && !(flags & MDL_MAPPING_CAN_FAIL))
+			KeBugCheckEx(NO_MORE_SYSTEM_PTES, 0, pages, SYSTEM_PTE_COUNT - syspte_in_use(), SYSTEM_PTE_COUNT);
+		return NULL;
+	}
+	enum protection protection = (Priority & MdlMappingNoWrite) ? PROT_READ : PROT_READ_WRITE;
+	struct pt_view live = pt_live();
+	for (uint64_t i = 0; i < pages && pfns[i] != MDL_PFN_END; i++) {
+		uint64_t leaf = pte_kernel_leaf(pfns[i] << PAGE_SHIFT, 1, protection) | cache;
+		tlb_flush(pt_set(&live, base + i * PAGE_SIZE, 1, leaf));
+	}
+	mdl_mapped_pages += pages;
+	mdl->MappedSystemVa = (PVOID)(base + mdl->ByteOffset);
+	mdl->MdlFlags |= MDL_MAPPED_TO_SYSTEM_VA | (flags & MDL_PARTIAL ? MDL_PARTIAL_HAS_BEEN_MAPPED : 0);
+	return mdl->MappedSystemVa;
+}
+
+/*
+ * [DECISION] (§8.7): an MDL that is not mapped is SYSTEM_PTE_MISUSE 0x06, a BaseAddress in
+ * another page than MappedSystemVa 0x03; a partial MDL only unmaps its own mapping (0xB5 for
+ * one it inherited from its source).
+ */
+void MmUnmapLockedPages(PVOID BaseAddress, PMDL MemoryDescriptorList)
+{
+	PMDL mdl = MemoryDescriptorList;
+	uint64_t va = (uint64_t)BaseAddress, pages = MmGetMdlPageCount(mdl);
+	uint16_t flags = (uint16_t)mdl->MdlFlags;
+	KIRQL irql = KeGetCurrentIrql();
+	if (va <= MM_HIGHEST_USER_ADDRESS)
+		verifier_violation(VERIFIER_UNMAP_BAD_USER_ADDRESS, va, (uint64_t)mdl, 0);
+	if (irql > DISPATCH_LEVEL)
+		verifier_violation(VERIFIER_UNMAP_KERNEL_IRQL, irql, va, (uint64_t)mdl);
+	if (!(flags & MDL_MAPPED_TO_SYSTEM_VA))
+		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_NEVER_MAPPED, (uint64_t)mdl, va, pages);
+	if ((flags & MDL_PARTIAL) && !(flags & MDL_PARTIAL_HAS_BEEN_MAPPED))
+		verifier_violation(VERIFIER_UNMAP_PARTIAL, (uint64_t)mdl, flags, MDL_PARTIAL);
+	uint64_t expected = (uint64_t)PAGE_ALIGN(mdl->MappedSystemVa);
+	if ((uint64_t)PAGE_ALIGN(va) != expected)
+		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_WRONG_ADDRESS, 0, expected, va);
+	struct pt_view live = pt_live();
+	for (uint64_t i = 0; i < pages; i++) {
+		uint64_t page = expected + i * PAGE_SIZE, old;
+		if (*syspte_entry(page) & PTE_P)
+			tlb_flush(pt_clear(&live, page, &old));
+	}
+	syspte_release(expected, pages);
+	mdl_mapped_pages -= pages;
+	mdl->MdlFlags &= (CSHORT) ~(MDL_MAPPED_TO_SYSTEM_VA | MDL_PARTIAL_HAS_BEEN_MAPPED | MDL_FREE_EXTRA_PTES);
+}
+
+PVOID MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority)
+{
+	verifier_require_irql_at_most(DISPATCH_LEVEL);
+	if (Mdl->MdlFlags & (MDL_MAPPED_TO_SYSTEM_VA | MDL_SOURCE_IS_NONPAGED_POOL))
+		return Mdl->MappedSystemVa;
+	return MmMapLockedPagesSpecifyCache(Mdl, KernelMode, MmCached, NULL, FALSE, Priority);
+}
