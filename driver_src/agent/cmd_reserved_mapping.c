@@ -38,3 +38,25 @@ AGENT_COMMAND("MmAllocateMappingAddress", "ii", "<bytes:integer> <tag:integer>",
 AGENT_COMMAND("MmAllocateMappingAddressEx", "iii", "<bytes:integer> <tag:integer> <flags:integer>",
 	      allocate_mapping_address_ex);
 AGENT_COMMAND("MmFreeMappingAddress", "ii", "<va:integer> <tag:integer>", free_mapping_address);
+
+static void map_with_reserved_mapping(const struct request *r)
+{
+	if (!argument_fits_ulong(r, "tag", r->values[1].integer))
+		return;
+	answer_va(r, MmMapLockedPagesWithReservedMapping((PVOID)r->values[0].integer, (ULONG)r->values[1].integer,
+							 (PMDL)r->values[2].integer,
+							 (MEMORY_CACHING_TYPE)r->values[3].integer));
+}
+
+static void unmap_reserved_mapping(const struct request *r)
+{
+	if (!argument_fits_ulong(r, "tag", r->values[1].integer))
+		return;
+	MmUnmapReservedMapping((PVOID)r->values[0].integer, (ULONG)r->values[1].integer, (PMDL)r->values[2].integer);
+	frame_open_response(r->id);
+	frame_close();
+}
+
+AGENT_COMMAND("MmMapLockedPagesWithReservedMapping", "iiii",
+	      "<va:integer> <tag:integer> <mdl:integer> <cache_type:integer>", map_with_reserved_mapping);
+AGENT_COMMAND("MmUnmapReservedMapping", "iii", "<va:integer> <tag:integer> <mdl:integer>", unmap_reserved_mapping);

@@ -11,6 +11,7 @@
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+#include "mdl.h"
 #include "ntddk.h"
 
 #define RESERVED_MAPPING_HEADER_PTES 2
@@ -37,3 +38,11 @@ PVOID MmAllocateMappingAddress(SIZE_T NumberOfBytes, ULONG PoolTag);
 /* Flags 0 or MM_MAPPING_ADDRESS_DIVISIBLE; any other bit gives NULL. */
 PVOID MmAllocateMappingAddressEx(SIZE_T NumberOfBytes, ULONG PoolTag, ULONG Flags);
 void MmFreeMappingAddress(PVOID BaseAddress, ULONG PoolTag);
+/*
+ * Maps the MDL's pages at the start of the reservation (page i at reservation page i): returns the
+ * reservation start + ByteOffset, or NULL when the MDL spans more pages than the reservation holds
+ * or CacheType is not one of §1.2. IRQL <= DISPATCH_LEVEL.
+ */
+PVOID MmMapLockedPagesWithReservedMapping(PVOID MappingAddress, ULONG PoolTag, PMDL MemoryDescriptorList,
+					  MEMORY_CACHING_TYPE CacheType);
+void MmUnmapReservedMapping(PVOID BaseAddress, ULONG PoolTag, PMDL MemoryDescriptorList);

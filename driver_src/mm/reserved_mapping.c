@@ -11,7 +11,7 @@
 
 #define FIELD_MASK 0xFFFFFFFFull
 
-static uint64_t reservations;
+static uint64_t reservations, mapped_pages;
 
 static uint64_t encode_field(uint64_t value)
 {
@@ -118,8 +118,121 @@ void MmFreeMappingAddress(PVOID BaseAddress, ULONG PoolTag)
 	reservations--;
 }
 
+/* §1.2 and §2.5 [DECISION]: PAT entry 0 WB, 1 (PWT) WC, 3 (PWT|PCD) UC. */
+static bool cache_bits(MEMORY_CACHING_TYPE type, uint64_t *bits)
+{
+	switch (type) {
+	case MmCached:
+	case MmHardwareCoherentCached:
+		*bits = 0;
+		return true;
+	case MmNonCached:
+	case MmNonCachedUnordered:
+		*bits = PTE_PWT | PTE_PCD;
+		return true;
+	case MmWriteCombined:
+	case MmUSWCCached:
+		*bits = PTE_PWT;
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* Pages of the MDL that carry a frame: ReactOS ends a short PFN array with MDL_PFN_END. */
+static uint64_t frames_in(PMDL mdl, uint64_t pages)
+{
+	PPFN_NUMBER pfns = MmGetMdlPfnArray(mdl);
+	uint64_t n = 0;
+	while (n < pages && pfns[n] != MDL_PFN_END)
+		n++;
+	return n;
+}
+
+#define MAP_FORBIDDEN_FLAGS (MDL_MAPPED_TO_SYSTEM_VA | MDL_SOURCE_IS_NONPAGED_POOL | MDL_PARTIAL_HAS_BEEN_MAPPED)
+#define MAP_REQUIRED_FLAGS (MDL_PAGES_LOCKED | MDL_PARTIAL)
+
+PVOID MmMapLockedPagesWithReservedMapping(PVOID MappingAddress, ULONG PoolTag, PMDL MemoryDescriptorList,
+					  MEMORY_CACHING_TYPE CacheType)
+{
+	verifier_require_irql_at_most(DISPATCH_LEVEL);
+	PMDL mdl = MemoryDescriptorList;
+	uint64_t address = (uint64_t)MappingAddress;
+	struct reservation r = reservation_at(address);
+	if (!owned_by(&r, PoolTag))
+		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_MAP_NOT_OWNER, address, PoolTag, owner_tag(&r));
+	if (!r.pages)
+		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_MAP_INVALID_RANGE, address, PoolTag,
+			     (uint64_t)__builtin_return_address(0));
+	uint64_t pages = MmGetMdlPageCount(mdl), cache;
+	if (pages > r.pages || !cache_bits(CacheType, &cache))
+		return NULL;
+	uint16_t flags = (uint16_t)mdl->MdlFlags;
+	if (flags & MAP_FORBIDDEN_FLAGS)
+		verifier_violation(VERIFIER_MAP_BAD_FLAGS, (uint64_t)mdl, flags, flags & MAP_FORBIDDEN_FLAGS);
+	if (!(flags & MAP_REQUIRED_FLAGS))
+		verifier_violation(VERIFIER_MAP_MISSING_FLAGS, (uint64_t)mdl, flags, MAP_REQUIRED_FLAGS);
+	uint64_t last = (uint64_t)syspte_entry(r.base + (pages ? pages - 1 : 0) * PAGE_SIZE);
+	for (uint64_t i = 0; i < pages; i++) {
+		volatile uint64_t *pte = syspte_entry(r.base + i * PAGE_SIZE);
+		if (*pte)
+			KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_MAP_NOT_EMPTY, address, (uint64_t)pte, last);
+	}
+	/*
+	 * Not present to present: no INVLPG is needed (a CPU caches no not-present translation), and
+	 * none is done, so a flush missing from MmUnmapReservedMapping cannot hide behind this one.
+	 */
+	PPFN_NUMBER pfns = MmGetMdlPfnArray(mdl);
+	uint64_t mapped = frames_in(mdl, pages);
+	for (uint64_t i = 0; i < mapped; i++)
+		*syspte_entry(r.base + i * PAGE_SIZE) = pte_kernel_leaf(pfns[i] << PAGE_SHIFT, 1, PROT_READ_WRITE) | cache;
+	mapped_pages += mapped;
+	/* [WIN-OBS Win8+] the address is taken 16-byte aligned; MappedSystemVa lacks the byte offset. */
+	uint64_t start = address & ~15ull;
+	mdl->MappedSystemVa = (PVOID)start;
+	mdl->MdlFlags |= MDL_MAPPED_TO_SYSTEM_VA;
+	if (flags & MDL_PARTIAL)
+		mdl->MdlFlags |= MDL_PARTIAL_HAS_BEEN_MAPPED;
+	return (PVOID)(start + mdl->ByteOffset);
+}
+
+void MmUnmapReservedMapping(PVOID BaseAddress, ULONG PoolTag, PMDL MemoryDescriptorList)
+{
+	verifier_require_irql_at_most(DISPATCH_LEVEL);
+	PMDL mdl = MemoryDescriptorList;
+	uint64_t address = (uint64_t)BaseAddress;
+	struct reservation r = reservation_at(address);
+	if (!owned_by(&r, PoolTag))
+		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_UNMAP_NOT_OWNER, address, PoolTag, owner_tag(&r));
+	if (!r.pages)
+		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_UNMAP_EMPTY, address, PoolTag,
+			     (uint64_t)__builtin_return_address(0));
+	uint64_t pages = MmGetMdlPageCount(mdl);
+	if (pages > r.pages)
+		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_UNMAP_TOO_MANY, address, r.pages, pages);
+	uint64_t mapped = frames_in(mdl, pages);
+	for (uint64_t i = 0; i < r.pages; i++) {
+		uint64_t pte = *syspte_entry(r.base + i * PAGE_SIZE);
+		if (i < mapped && !(pte & PTE_P))
+			KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_UNMAP_NOT_MAPPED, address, PoolTag, pages);
+		if (i >= mapped && pte)
+			KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_UNMAP_NOT_ENTIRE, address, PoolTag, pages);
+	}
+	if (!(mdl->MdlFlags & MDL_MAPPED_TO_SYSTEM_VA))
+		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_NEVER_MAPPED, (uint64_t)mdl, address, pages);
+	struct pt_view live = pt_live();
+	for (uint64_t i = 0; i < mapped; i++) {
+		uint64_t old;
+		tlb_flush(pt_clear(&live, r.base + i * PAGE_SIZE, &old));
+	}
+	mapped_pages -= mapped;
+	/* MappedSystemVa stays as it was (stale), as in ReactOS. */
+	mdl->MdlFlags &= ~(MDL_MAPPED_TO_SYSTEM_VA | MDL_PARTIAL_HAS_BEEN_MAPPED | MDL_FREE_EXTRA_PTES);
+}
+
 static void report_reserved_mappings(void)
 {
 	frame_decimal("reserved_mapping_reservations", reservations);
+	frame_decimal("reserved_mapping_mapped_pages", mapped_pages);
 }
 OUTSTANDING_REPORTER(report_reserved_mappings);

@@ -8,6 +8,7 @@ SYSTEM_PTE_BASE = 0xFFFF_F980_0000_0000
 SYSTEM_PTE_COUNT = 22000
 SYSTEM_PTE_END = SYSTEM_PTE_BASE + SYSTEM_PTE_COUNT * 0x1000
 PAGE = 0x1000
+HIGHEST_PHYSICAL = (1 << 52) - 1  # any frame (the spec writes ~0; a signed PHYSICAL_ADDRESS makes that -1)
 
 
 def raw_ptes(vm: Vm, va: int, count: int) -> list[int]:
@@ -24,4 +25,16 @@ def raw_ptes(vm: Vm, va: int, count: int) -> list[int]:
 
 
 def in_system_pte_region(va: int, pages: int = 1) -> bool:
-    return SYSTEM_PTE_BASE <= va and va + pages * PAGE <= SYSTEM_PTE_END
+    return va >= SYSTEM_PTE_BASE and va + pages * PAGE <= SYSTEM_PTE_END
+
+
+def pages_mdl(vm: Vm, pages: int) -> int:
+    """An MDL of `pages` fresh pages from MmAllocatePagesForMdlEx (locked, no byte offset)."""
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, HIGHEST_PHYSICAL, 0, pages * PAGE)
+    assert mdl, "MmAllocatePagesForMdlEx failed"
+    return mdl
+
+
+def free_pages_mdl(vm: Vm, mdl: int) -> None:
+    vm.mm.MmFreePagesFromMdl(mdl)
+    vm.mm.IoFreeMdl(mdl)

@@ -8,9 +8,19 @@ come from `outstanding` and are compared against what the host saw.
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
-from _reserved import PAGE, SYSTEM_PTE_BASE, SYSTEM_PTE_COUNT, in_system_pte_region, raw_ptes
+from _reserved import (
+    PAGE,
+    SYSTEM_PTE_BASE,
+    SYSTEM_PTE_COUNT,
+    free_pages_mdl,
+    in_system_pte_region,
+    pages_mdl,
+    raw_ptes,
+)
 
+from harness.ddi.mdl import MM_CACHED, read_mdl
 from harness.ddi.reserved_mapping import SYSTEM_PTE_MISUSE, size_pte, tag_pte
 from harness.testing import expect_stop
 from harness.vm import Vm
@@ -43,7 +53,7 @@ def reserve_until_null(vm: Vm, start_pages: int) -> list[tuple[int, int]]:
 
 def check_disjoint_and_headed(vm: Vm, made: list[tuple[int, int]]) -> None:
     spans = sorted((p - HEADER * PAGE, p + n * PAGE) for p, n in made)
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in pairwise(spans):
         assert end <= start, "reservations overlap"
     for p, n in made:
         assert in_system_pte_region(p - HEADER * PAGE, n + HEADER)
@@ -56,12 +66,12 @@ def test_fragmentation_then_a_run_that_only_fits_after_coalescing(fresh_vm: Vm) 
     rng = random.Random(2026)
     sizes = [rng.choice((1, 2, 3, 5, 8, 13, 31)) for _ in range(40)]
     window = [vm.mm.MmAllocateMappingAddress(n * PAGE, TAG) for n in sizes]
-    for (p, n), nxt in zip(zip(window, sizes), window[1:]):
+    for (p, n), nxt in zip(zip(window, sizes, strict=True), window[1:], strict=False):
         assert nxt - HEADER * PAGE == p + n * PAGE, "first fit packs a clean region from its start"
     assert window[0] == SYSTEM_PTE_BASE + HEADER * PAGE
     window_ptes = sum(n + HEADER for n in sizes)
     rest = reserve_until_null(vm, 4096)
-    check_disjoint_and_headed(vm, list(zip(window, sizes)) + rest)
+    check_disjoint_and_headed(vm, list(zip(window, sizes, strict=True)) + rest)
     assert vm.mm.outstanding()["syspte_pages"] > SYSTEM_PTE_COUNT - HEADER - 1
 
     order = list(range(len(window)))
@@ -96,6 +106,20 @@ def test_exhaustion_counts_the_free_space_and_recovers(fresh_vm: Vm) -> None:
     assert counts["syspte_pages"] == used and counts["syspte_allocations"] == len(made)
     assert counts["reserved_mapping_reservations"] == len(made)
     assert vm.mm.MmAllocateMappingAddress(1, TAG) == 0
+
+    # Everything still maps and unmaps with the region full: the largest, the smallest and some between.
+    by_size = sorted(made, key=lambda r: r[1])
+    chosen = sorted({*by_size[::max(1, len(made) // 6)], by_size[-1]})
+    mapped = []
+    for p, n in chosen:
+        mdl = pages_mdl(vm, min(n, 4))
+        assert vm.mm.MmMapLockedPagesWithReservedMapping(p, TAG, mdl, MM_CACHED) == p
+        mapped.append((p, mdl))
+        vm.verify.assert_mapped(p, min(n, 4) * PAGE, pfns=list(read_mdl(vm.verify, mdl).pfns), writable=True)
+    for p, mdl in mapped:
+        vm.mm.MmUnmapReservedMapping(p, TAG, mdl)
+        vm.verify.assert_unmapped(p, PAGE)
+        free_pages_mdl(vm, mdl)
 
     for p, _ in reversed(made):
         vm.mm.MmFreeMappingAddress(p, TAG)
