@@ -134,10 +134,21 @@ def test_exhaustion_counts_the_free_space_and_recovers(fresh_vm: Vm) -> None:
     empty_region(vm)
 
 
-# The allocator's release checks sit behind MmFreeMappingAddress's own header checks, so no correct or
-# misusing DDI call reaches them; a header forged through the test hook does, and shows they fire
-# instead of corrupting a neighbour. 0x303 (range outside the region) stays unreachable: a size header
-# reaching past the region is "not a reservation" (0x102) before the allocator is asked.
+def test_ordinary_unmap_of_a_reserved_mapping_bugchecks_0xda_0x304(fresh_vm: Vm) -> None:
+    """ddi-spec §7.6: MmUnmapLockedPages on an MDL mapped into a reservation must not hand the
+    reservation's PTEs back: its release starts inside the reservation's allocation (after the headers)."""
+    vm = fresh_vm
+    p = vm.mm.MmAllocateMappingAddress(3 * PAGE, TAG)
+    mdl = pages_mdl(vm, 2)
+    vm.mm.MmMapLockedPagesWithReservedMapping(p, TAG, mdl, MM_CACHED)
+    with expect_stop(SYSTEM_PTE_MISUSE, RELEASE_MID_ALLOCATION, p, 2, 0):
+        vm.mm.MmUnmapLockedPages(p, mdl)
+
+
+# The other release checks sit behind MmFreeMappingAddress's own header checks, so no DDI call reaches
+# them; a header forged through the test hook does, and shows they fire instead of corrupting a
+# neighbour. 0x303 (range outside the region) stays unreachable: a size header reaching past the region
+# is "not a reservation" (0x102) before the allocator is asked.
 
 def test_release_with_a_forged_size_bugchecks_0xda_0x305(fresh_vm: Vm) -> None:
     p = fresh_vm.mm.MmAllocateMappingAddress(4 * PAGE, TAG)
