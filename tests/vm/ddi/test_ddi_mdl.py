@@ -269,26 +269,36 @@ def test_8_5_two_mdls_may_lock_the_same_page(vm: Vm) -> None:
 
 
 def test_8_5_unmapped_va_raises_access_violation_and_leaves_the_mdl_unlocked(vm: Vm) -> None:
-    """[DECISION] the raised exception comes back as the key "raised"; the host raises NtRaisedStatus.
-    The MDL spans a good pool page then an unmapped one: the first page's lock is undone."""
-    with pool_buffer(vm, 1) as buf:
-        mdl = vm.mm.IoAllocateMdl(UNMAPPED_KERNEL_VA, 0x100)
-        before = vm.mm.outstanding()
-        with pytest.raises(NtRaisedStatus) as raised:
-            vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_READ_ACCESS)
-        assert raised.value.status == STATUS_ACCESS_VIOLATION
-        assert read_mdl(vm.verify, mdl).mdl_flags == 0
-        vm.mm.IoFreeMdl(mdl)
-        # buf's last byte plus the page after it (the pool never maps the page after the last big block it
-        # hands out when that page is beyond its high-water mark; check the host agrees before relying on it)
-        next_page = buf + PAGE
-        if vm.verify.walk(next_page).pa is None:
-            mdl = vm.mm.IoAllocateMdl(buf + PAGE - 8, 0x10)
-            with pytest.raises(NtRaisedStatus):
-                vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
-            assert read_mdl(vm.verify, mdl).mdl_flags == 0
-            vm.mm.IoFreeMdl(mdl)
-        assert vm.mm.outstanding() == before, "the first page's lock was undone"
+    """[DECISION] the raised exception comes back as the key "raised"; the host raises NtRaisedStatus."""
+    mdl = vm.mm.IoAllocateMdl(UNMAPPED_KERNEL_VA, 0x100)
+    before = vm.mm.outstanding()
+    with pytest.raises(NtRaisedStatus) as raised:
+        vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_READ_ACCESS)
+    assert raised.value.status == STATUS_ACCESS_VIOLATION
+    assert read_mdl(vm.verify, mdl).mdl_flags == 0
+    assert vm.mm.outstanding() == before
+    vm.mm.IoFreeMdl(mdl)
+
+
+def test_8_5_failed_probe_unlocks_the_pages_it_had_locked(fresh_vm: Vm) -> None:
+    """The MDL spans the kernel's last data page and the unmapped page after it: the probe locks the
+    first, fails on the second and must unlock the first again. Proof: an MDL forged as locked over that
+    page then takes its lock count below zero (PFN_LIST_CORRUPT 0x07 with count 0)."""
+    vm = fresh_vm
+    last_data = vm.mm.kernel_info().data_end - PAGE
+    assert vm.verify.walk(last_data + PAGE).pa is None, "the page after the image's data is unmapped"
+    mdl = vm.mm.IoAllocateMdl(last_data + PAGE - 8, 0x10)
+    with pytest.raises(NtRaisedStatus) as raised:
+        vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
+    assert raised.value.status == STATUS_ACCESS_VIOLATION
+    assert read_mdl(vm.verify, mdl).mdl_flags == 0
+    assert vm.mm.outstanding()["mdl_locked_pages"] == 0
+    pfn = host_pfns(vm, last_data, 1)[0]
+    forged = vm.mm.IoAllocateMdl(last_data, 0x10)
+    vm.mm.write_va(forged + 0x0A, MDL_PAGES_LOCKED.to_bytes(2, "little"))
+    vm.mm.write_va(forged + MDL_HEADER_SIZE, pfn.to_bytes(8, "little"))
+    with expect_stop(PFN_LIST_CORRUPT, 0x07, pfn, 0, 0):
+        vm.mm.MmUnlockPages(forged)
 
 
 def test_8_5_write_probe_of_read_only_memory_raises_access_violation(vm: Vm) -> None:
@@ -536,7 +546,7 @@ def test_8_7_01_map_three_locked_pages_at_offset_0x123(vm: Vm, cache: int) -> No
 def test_8_7_mapping_shows_the_buffer(vm: Vm) -> None:
     """What the guest wrote through the pool VA reads back through the MDL mapping, and the reverse."""
     with pool_buffer(vm, 2) as buf:
-        vm.mm.write_va(buf, bytes(range(256)) * 32)
+        vm.verify.guest_write(buf, bytes(range(256)) * 32)
         mdl = vm.mm.IoAllocateMdl(buf, 2 * PAGE)
         vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
         va = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
