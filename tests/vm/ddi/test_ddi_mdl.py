@@ -18,6 +18,7 @@ from harness.ddi.mdl import (
     LOW_PAGE_PRIORITY,
     MDL_ALLOCATED_FIXED_SIZE,
     MDL_HEADER_SIZE,
+    MDL_IO_SPACE,
     MDL_MAPPED_TO_SYSTEM_VA,
     MDL_MAPPING_CAN_FAIL,
     MDL_MAPPING_NO_EXECUTE,
@@ -34,7 +35,12 @@ from harness.ddi.mdl import (
     MM_ALLOCATE_REQUIRE_CONTIGUOUS_CHUNKS,
     MM_CACHED,
     MM_DONT_ZERO_ALLOCATION,
+    MM_HARDWARE_COHERENT_CACHED,
+    MM_MAXIMUM_CACHE_TYPE,
     MM_NON_CACHED,
+    MM_NON_CACHED_UNORDERED,
+    MM_NOT_MAPPED,
+    MM_USWC_CACHED,
     MM_WRITE_COMBINED,
     NORMAL_PAGE_PRIORITY,
     STATUS_ACCESS_VIOLATION,
@@ -910,3 +916,80 @@ def test_8_1_double_free_stops_in_the_pool(fresh_vm: Vm) -> None:
     vm.mm.IoFreeMdl(mdl)
     with expect_stop(0xC2):
         vm.mm.IoFreeMdl(mdl)
+
+
+# -- I/O space: the local APIC's registers, mapped by the kernel at the HAL base -------------------------------
+
+LOCAL_APIC_VA = 0xFFFF_FFFF_FFC0_0000
+LOCAL_APIC_PFN = 0xFEE00
+
+
+def test_8_4_build_over_device_memory_sets_io_space(vm: Vm) -> None:
+    assert host_pfns(vm, LOCAL_APIC_VA, 1) == [LOCAL_APIC_PFN]
+    mdl = vm.mm.IoAllocateMdl(LOCAL_APIC_VA + 0x20, 0x10)
+    vm.mm.MmBuildMdlForNonPagedPool(mdl)
+    m = read_mdl(vm.verify, mdl)
+    assert m.mdl_flags == MDL_SOURCE_IS_NONPAGED_POOL | MDL_IO_SPACE
+    assert m.pfns == (LOCAL_APIC_PFN,) and m.mapped_system_va == LOCAL_APIC_VA + 0x20
+    vm.mm.IoFreeMdl(mdl)
+
+
+def test_8_4_build_at_dispatch_level_is_allowed(vm: Vm) -> None:
+    with pool_buffer(vm, 1) as buf:
+        mdl = vm.mm.IoAllocateMdl(buf, 0x20)
+        with vm.mm.at_irql(DISPATCH_LEVEL):
+            vm.mm.MmBuildMdlForNonPagedPool(mdl)
+        assert read_mdl(vm.verify, mdl).pfns == tuple(host_pfns(vm, buf, 1))
+        vm.mm.IoFreeMdl(mdl)
+
+
+def test_8_5_probe_of_device_memory_bugchecks_0xc4_0x6f(fresh_vm: Vm) -> None:
+    """The verifier is always on: a page outside the PFN database is its 0x6F, not MDL_IO_SPACE."""
+    vm = fresh_vm
+    mdl = vm.mm.IoAllocateMdl(LOCAL_APIC_VA, 0x10)
+    highest = vm.mm.frame_stats().highest_pfn
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x6F, mdl, LOCAL_APIC_PFN, highest):
+        vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_READ_ACCESS)
+
+
+def test_8_7_mapping_non_ram_without_io_space_bugchecks_0xc4_0x89(fresh_vm: Vm) -> None:
+    vm = fresh_vm
+    mdl = vm.mm.IoAllocateMdl(0xFFFF_8000_0000_0000, 0x10)
+    vm.mm.write_va(mdl + 0x0A, MDL_PAGES_LOCKED.to_bytes(2, "little"))
+    vm.mm.write_va(mdl + MDL_HEADER_SIZE, LOCAL_APIC_PFN.to_bytes(8, "little"))
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x89, mdl, mdl + MDL_HEADER_SIZE, LOCAL_APIC_PFN):
+        vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, MM_CACHED, 0, False, NORMAL_PAGE_PRIORITY)
+
+
+@pytest.mark.parametrize("mode", [KERNEL_MODE, USER_MODE])
+def test_8_5_probe_of_a_user_address_raises_access_violation(vm: Vm, mode: int) -> None:
+    """[DECISION] no user address spaces: any user-range buffer fails the probe."""
+    mdl = vm.mm.IoAllocateMdl(0x10_0000, 0x100)
+    with pytest.raises(NtRaisedStatus) as raised:
+        vm.mm.MmProbeAndLockPages(mdl, mode, IO_READ_ACCESS)
+    assert raised.value.status == STATUS_ACCESS_VIOLATION
+    assert read_mdl(vm.verify, mdl).mdl_flags == 0
+    vm.mm.IoFreeMdl(mdl)
+
+
+@pytest.mark.parametrize("cache", [MM_NOT_MAPPED, MM_MAXIMUM_CACHE_TYPE])
+def test_8_7_invalid_cache_type_gives_null(vm: Vm, cache: int) -> None:
+    """[DECISION] caching types outside 0..5 map nothing."""
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    before = vm.mm.outstanding()
+    assert vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, cache, 0, False, NORMAL_PAGE_PRIORITY) == 0
+    assert vm.mm.outstanding() == before
+    assert not read_mdl(vm.verify, mdl).mdl_flags & MDL_MAPPED_TO_SYSTEM_VA
+    free_pages_mdl(vm, mdl)
+
+
+@pytest.mark.parametrize(("cache", "memory_type"), [(MM_HARDWARE_COHERENT_CACHED, MM_CACHED),
+                                                    (MM_NON_CACHED_UNORDERED, MM_NON_CACHED),
+                                                    (MM_USWC_CACHED, MM_WRITE_COMBINED)])
+def test_1_2_reserved_cache_types_map_as_reactos_does(vm: Vm, cache: int, memory_type: int) -> None:
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, 2 * PAGE, MM_CACHED, 0)
+    va = vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, cache, 0, False, NORMAL_PAGE_PRIORITY)
+    assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl), cache=memory_type)
+    vm.mm.MmUnmapLockedPages(va, mdl)
+    vm.verify.assert_unmapped(va, 2 * PAGE)
+    free_pages_mdl(vm, mdl)
