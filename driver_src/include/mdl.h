@@ -3,6 +3,7 @@
  * macros, the types the MDL DDIs take, and their prototypes (mm/mdl.c, mm/mdl_map.c).
  */
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "bugcodes.h"
@@ -108,6 +109,7 @@ _Static_assert(offsetof(IRP, MdlAddress) == 0x08, "IRP.MdlAddress");
 #define MM_ALLOCATE_AND_HOT_REMOVE 0x100
 
 #define MM_HIGHEST_USER_ADDRESS 0x00007FFFFFFEFFFFull
+#define MM_USER_PROBE_ADDRESS 0x00007FFFFFFF0000ull
 
 #define STATUS_SUCCESS ((NTSTATUS)0x00000000)
 #define STATUS_NOT_SUPPORTED ((NTSTATUS)0xC00000BB)
@@ -165,6 +167,12 @@ PVOID MmMapLockedPagesSpecifyCache(PMDL MemoryDescriptorList, KPROCESSOR_MODE Ac
 				   ULONG Priority);
 void MmUnmapLockedPages(PVOID BaseAddress, PMDL MemoryDescriptorList);
 PVOID MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority);
+/* For every family that maps MDL pages (reserved mappings, DXGK): */
+/* the PTE cache bits of a caching type (§2.5); false for types outside 0..5. */
+bool mdl_cache_bits(MEMORY_CACHING_TYPE type, uint64_t *bits);
+/* Each page up to the span or MDL_PFN_END must be locked or allocated for an MDL (else 0xC4 0x85),
+ * and non-RAM only with MDL_IO_SPACE (else 0xC4 0x89). */
+void mdl_check_mappable_pages(PMDL mdl);
 
 /* Leak counts (mm/mdl.c): pages locked by MmProbeAndLockPages, mapped by MmMapLockedPages*. */
 extern uint64_t mdl_locked_pages, mdl_mapped_pages;

@@ -993,3 +993,14 @@ def test_1_2_reserved_cache_types_map_as_reactos_does(vm: Vm, cache: int, memory
     vm.mm.MmUnmapLockedPages(va, mdl)
     vm.verify.assert_unmapped(va, 2 * PAGE)
     free_pages_mdl(vm, mdl)
+
+
+def test_8_5_user_mode_probe_of_a_kernel_buffer_raises_access_violation(vm: Vm) -> None:
+    """ReactOS: a UserMode buffer ending above MM_USER_PROBE_ADDRESS (0x7FFFFFFF0000) raises."""
+    with pool_buffer(vm, 1) as buf:
+        mdl = vm.mm.IoAllocateMdl(buf, 0x100)
+        with pytest.raises(NtRaisedStatus) as raised:
+            vm.mm.MmProbeAndLockPages(mdl, USER_MODE, IO_READ_ACCESS)
+        assert raised.value.status == STATUS_ACCESS_VIOLATION
+        assert read_mdl(vm.verify, mdl).mdl_flags == 0
+        vm.mm.IoFreeMdl(mdl)
