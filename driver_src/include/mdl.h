@@ -165,6 +165,7 @@ void MmFreePagesFromMdl(PMDL MemoryDescriptorList);
 PVOID MmMapLockedPagesSpecifyCache(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode,
 				   MEMORY_CACHING_TYPE CacheType, PVOID RequestedAddress, ULONG BugCheckOnFailure,
 				   ULONG Priority);
+NORETURN PVOID MmMapLockedPages(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode);
 void MmUnmapLockedPages(PVOID BaseAddress, PMDL MemoryDescriptorList);
 PVOID MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority);
 /* For every family that maps MDL pages (reserved mappings, DXGK): */
@@ -187,6 +188,7 @@ extern uint64_t mdl_locked_pages, mdl_mapped_pages;
 #define VERIFIER_UNLOCK_NOT_LOCKED 0x7C         /* Mdl, MdlFlags, 0 */
 #define VERIFIER_UNLOCK_NONPAGED 0x7D           /* Mdl, MdlFlags, 0 */
 #define VERIFIER_ALLOCATE_PAGES_IRQL 0x7E       /* Irql, DISPATCH_LEVEL, 0 */
+#define VERIFIER_MAP_LOCKED_PAGES_OBSOLETE 0x81  /* Mdl, MdlFlags, 0 */
 #define VERIFIER_MAP_UNLOCKED_PAGE 0x85         /* Mdl, PageCount, Pfn */
 #define VERIFIER_MAP_NOT_RAM_WITHOUT_IO_SPACE 0x89 /* Mdl, &Pfn, Pfn */
 #define VERIFIER_PROBE_BAD_FLAGS 0xB0           /* Mdl, MdlFlags, bad flags */

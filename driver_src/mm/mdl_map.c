@@ -144,6 +144,14 @@ void MmUnmapLockedPages(PVOID BaseAddress, PMDL MemoryDescriptorList)
 	mdl->MdlFlags &= (CSHORT) ~(MDL_MAPPED_TO_SYSTEM_VA | MDL_PARTIAL_HAS_BEEN_MAPPED | MDL_FREE_EXTRA_PTES);
 }
 
+/* Obsolete: with the verifier always on, every call is its 0x81. */
+PVOID MmMapLockedPages(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode)
+{
+	(void)AccessMode;
+	verifier_violation(VERIFIER_MAP_LOCKED_PAGES_OBSOLETE, (uint64_t)MemoryDescriptorList,
+			   (uint16_t)MemoryDescriptorList->MdlFlags, 0);
+}
+
 PVOID MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority)
 {
 	verifier_require_irql_at_most(DISPATCH_LEVEL);

@@ -1004,3 +1004,10 @@ def test_8_5_user_mode_probe_of_a_kernel_buffer_raises_access_violation(vm: Vm) 
         assert raised.value.status == STATUS_ACCESS_VIOLATION
         assert read_mdl(vm.verify, mdl).mdl_flags == 0
         vm.mm.IoFreeMdl(mdl)
+
+
+def test_8_7_obsolete_mm_map_locked_pages_bugchecks_0xc4_0x81(fresh_vm: Vm) -> None:
+    vm = fresh_vm
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x81, mdl, MDL_PAGES_LOCKED, 0):
+        vm.mm.MmMapLockedPages(mdl, KERNEL_MODE)
