@@ -55,6 +55,7 @@ from harness.ddi.mdl import (
 )
 from harness.guest import NON_PAGED_POOL_NX
 from harness.oracle.paging import MemoryType
+from harness.oracle.walker import Attr
 from harness.testing import expect_stop
 from harness.vm import Vm
 
@@ -62,6 +63,7 @@ PAGE = 0x1000
 TAG = "MdlT"
 EFER_NXE = 1 << 11
 SYSTEM_PTE_COUNT = 22000
+DETAILED_PAGES = 16
 
 DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
 MEMORY_MANAGEMENT = 0x1A
@@ -80,13 +82,13 @@ CACHE_MEMORY_TYPE = {MM_CACHED: MemoryType.WB, MM_WRITE_COMBINED: MemoryType.WC,
 
 @contextmanager
 def pool_buffer(vm: Vm, pages: int) -> Iterator[int]:
+    """A page-aligned NX pool buffer, freed when the block ends normally. After a failure it is left alone:
+    its pages may still be locked (freeing would stop the kernel and hide the failure), and the vm
+    fixture discards a VM whose test failed."""
     va = vm.mm.ExAllocatePoolWithTag(NON_PAGED_POOL_NX, pages * PAGE, TAG)
     assert va and va % PAGE == 0
-    try:
-        yield va
-    finally:
-        if vm.alive:
-            vm.mm.ExFreePoolWithTag(va, TAG)
+    yield va
+    vm.mm.ExFreePoolWithTag(va, TAG)
 
 
 def host_pfns(vm: Vm, va: int, length: int) -> list[int]:
@@ -106,16 +108,29 @@ def nx_enabled(vm: Vm) -> bool:
 
 def assert_mapping_matches(vm: Vm, va: int, mdl: Mdl, *, writable: bool = True, cache: int = MM_CACHED) -> None:
     """Each leaf PTE of the mapping: present, the PFN the host read in the MDL, RW as asked, supervisor,
-    NX (when the CPU has it), and the PAT type of the caching type; raw PWT/PCD/PAT bits as §2.5 says."""
+    NX (when the CPU has it), PWT/PCD/PAT as §2.5 says; every page in one batched host walk, and the first
+    DETAILED_PAGES also through assert_mapped (PAT memory type) and their raw leaf entries."""
     assert va & (PAGE - 1) == mdl.byte_offset, "the mapping keeps the MDL's byte offset"
     pfns = [p for p in mdl.pfns if p != MDL_PFN_END]
-    length = len(pfns) * PAGE - mdl.byte_offset
-    vm.verify.assert_mapped(va, length, pfns=pfns, writable=writable, user=False,
-                            executable=not nx_enabled(vm), cache=CACHE_MEMORY_TYPE[cache])
+    first = va & ~(PAGE - 1)
+    nx = nx_enabled(vm)
     wanted_bits = {MM_CACHED: 0, MM_WRITE_COMBINED: 0x08, MM_NON_CACHED: 0x18}[cache]
-    for _, entry in vm.verify.leaf_entries(va, length):
+    wanted_attrs = (Attr.WRITABLE if writable else Attr.NONE) | (Attr.NONE if nx else Attr.EXECUTABLE)
+    wanted_attrs |= Attr((wanted_bits & 0x08 and Attr.PWT) | (wanted_bits & 0x10 and Attr.PCD))
+    mask = Attr.WRITABLE | Attr.USER | Attr.EXECUTABLE | Attr.PWT | Attr.PCD | Attr.PAT
+    batch = vm.verify.translate_many([first + i * PAGE for i in range(len(pfns))])
+    assert batch.attrs is not None
+    problems = [f"page {i}: pa {int(pa):#x} attrs {Attr(int(attrs)) & mask!r}"
+                for i, (ok, pa, attrs) in enumerate(zip(batch.ok.tolist(), batch.pa.tolist(), batch.attrs.tolist(),
+                                                       strict=True))
+                if not ok or pa >> 12 != pfns[i] or Attr(attrs) & mask != wanted_attrs]
+    assert not problems, f"expected PFNs {pfns[:4]}... and {wanted_attrs!r}: " + "; ".join(problems[:8])
+    detailed = min(len(pfns), DETAILED_PAGES)
+    vm.verify.assert_mapped(first, detailed * PAGE, pfns=pfns[:detailed], writable=writable, user=False,
+                            executable=not nx, cache=CACHE_MEMORY_TYPE[cache])
+    for _, entry in vm.verify.leaf_entries(first, detailed * PAGE):
         assert entry & 0x98 == wanted_bits, f"PTE {entry:#x}: PWT/PCD/PAT bits, expected {wanted_bits:#x}"
-        assert bool(entry >> 63) == nx_enabled(vm)
+        assert bool(entry >> 63) == nx
 
 
 # -- §1.6-§1.8, §8.1, §8.2: the structure, IoAllocateMdl, IoFreeMdl, MmInitializeMdl, MmSizeOfMdl ------------
@@ -556,6 +571,7 @@ def test_8_7_mapping_shows_the_buffer(vm: Vm) -> None:
         mdl = vm.mm.IoAllocateMdl(buf, 2 * PAGE)
         vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
         va = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+        assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
         assert vm.verify.host_read(va, 2 * PAGE) == bytes(range(256)) * 32
         vm.mm.write_va(va + PAGE, b"mapped")
         assert vm.mm.read_va(buf + PAGE, 6) == b"mapped"
@@ -582,6 +598,7 @@ def test_8_7_02_write_through_a_no_write_mapping_bugchecks_0xbe(fresh_vm: Vm) ->
     mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
     va = vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, MM_CACHED, 0, False,
                                             NORMAL_PAGE_PRIORITY | MDL_MAPPING_NO_WRITE)
+    assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl), writable=False)
     (_, pte), = vm.verify.leaf_entries(va)
     with expect_stop(ATTEMPTED_WRITE_TO_READONLY_MEMORY, va + 8, pte):
         vm.mm.write_va(va + 8, b"\x01")
@@ -603,6 +620,7 @@ def test_8_7_04_access_after_unmap_bugchecks_0x50(fresh_vm: Vm) -> None:
     vm = fresh_vm
     mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
     va = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+    assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
     vm.mm.MmUnmapLockedPages(va, mdl)
     vm.verify.assert_unmapped(va, PAGE)
     with expect_stop(PAGE_FAULT_IN_NONPAGED_AREA, va, 0, None, 0):
@@ -621,6 +639,7 @@ def test_8_7_05_priority_thresholds_and_exhaustion_return_null(vm: Vm) -> None:
     assert vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, MM_CACHED, 0, False, NORMAL_PAGE_PRIORITY) == 0
     va = vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, MM_CACHED, 0, False, HIGH_PAGE_PRIORITY)
     assert va
+    assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
     rest = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, SYSTEM_PTE_COUNT * PAGE // 64, MM_CACHED,
                                          MM_DONT_ZERO_ALLOCATION)
     assert vm.mm.MmMapLockedPagesSpecifyCache(rest, KERNEL_MODE, MM_CACHED, 0, False, HIGH_PAGE_PRIORITY) == 0
@@ -686,6 +705,7 @@ def test_8_7_mapping_twice_bugchecks_0xc4_0xb2(fresh_vm: Vm) -> None:
     vm = fresh_vm
     mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
     vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+    assert_mapping_matches(vm, vm.mm.MmGetSystemAddressForMdlSafe(mdl), read_mdl(vm.verify, mdl))
     flags = MDL_PAGES_LOCKED | MDL_MAPPED_TO_SYSTEM_VA
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0xB2, mdl, flags, MDL_MAPPED_TO_SYSTEM_VA):
         vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, MM_CACHED, 0, False, NORMAL_PAGE_PRIORITY)
@@ -733,6 +753,7 @@ def test_8_7_unmap_at_the_wrong_address_bugchecks_0xda_0x03(fresh_vm: Vm) -> Non
     vm = fresh_vm
     mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, 2 * PAGE, MM_CACHED, 0)
     va = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+    assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
     with expect_stop(SYSTEM_PTE_MISUSE, 0x03, 0, va, va + PAGE):
         vm.mm.MmUnmapLockedPages(va + PAGE, mdl)
 
@@ -741,6 +762,7 @@ def test_8_7_unmap_above_dispatch_bugchecks_0xc4_0x79(fresh_vm: Vm) -> None:
     vm = fresh_vm
     mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
     va = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+    assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
     vm.mm.KeRaiseIrql(HIGH_LEVEL)
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x79, HIGH_LEVEL, va, mdl):
         vm.mm.MmUnmapLockedPages(va, mdl)
@@ -794,6 +816,7 @@ def test_8_3_partial_of_a_mapped_source_shares_its_mapping(vm: Vm) -> None:
         source = vm.mm.IoAllocateMdl(buf, 3 * PAGE)
         vm.mm.MmProbeAndLockPages(source, KERNEL_MODE, IO_WRITE_ACCESS)
         mapped = vm.mm.MmGetSystemAddressForMdlSafe(source)
+        assert_mapping_matches(vm, mapped, read_mdl(vm.verify, source))
         target = vm.mm.IoAllocateMdl(buf + 0x1100, 0x1000)
         vm.mm.IoBuildPartialMdl(source, target, buf + 0x1100, 0x1000)
         t = read_mdl(vm.verify, target)
@@ -844,6 +867,7 @@ def test_8_2_prepare_for_reuse_unmaps_a_mapped_partial_mdl(vm: Vm) -> None:
         target = vm.mm.IoAllocateMdl(buf, 2 * PAGE)
         vm.mm.IoBuildPartialMdl(source, target, buf, 0)
         va = vm.mm.MmGetSystemAddressForMdlSafe(target)
+        assert_mapping_matches(vm, va, read_mdl(vm.verify, target))
         vm.mm.MmPrepareMdlForReuse(target)
         vm.verify.assert_unmapped(va, 2 * PAGE)
         assert read_mdl(vm.verify, target).mdl_flags == MDL_PARTIAL
@@ -880,6 +904,7 @@ def test_8_3_unmapping_an_inherited_mapping_bugchecks_0xc4_0xb5(fresh_vm: Vm) ->
     source = vm.mm.IoAllocateMdl(buf, 2 * PAGE)
     vm.mm.MmProbeAndLockPages(source, KERNEL_MODE, IO_READ_ACCESS)
     mapped = vm.mm.MmGetSystemAddressForMdlSafe(source)
+    assert_mapping_matches(vm, mapped, read_mdl(vm.verify, source))
     target = vm.mm.IoAllocateMdl(buf, PAGE)
     vm.mm.IoBuildPartialMdl(source, target, buf, PAGE)
     flags = MDL_PARTIAL | MDL_MAPPED_TO_SYSTEM_VA
@@ -904,6 +929,7 @@ def test_8_1_freeing_a_mapped_mdl_bugchecks_0xc4_0xb8(fresh_vm: Vm) -> None:
     mdl = vm.mm.IoAllocateMdl(buf, PAGE)
     vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
     vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+    assert_mapping_matches(vm, vm.mm.MmGetSystemAddressForMdlSafe(mdl), read_mdl(vm.verify, mdl))
     flags = MDL_PAGES_LOCKED | MDL_WRITE_OPERATION | MDL_MAPPED_TO_SYSTEM_VA
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0xB8, mdl, flags, 0):
         vm.mm.IoFreeMdl(mdl)
