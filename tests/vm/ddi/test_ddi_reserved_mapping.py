@@ -18,6 +18,7 @@ from harness.ddi.mdl import (
     MDL_MAPPED_TO_SYSTEM_VA,
     MDL_PAGES_LOCKED,
     MDL_PARTIAL,
+    MDL_PARTIAL_HAS_BEEN_MAPPED,
     MDL_SOURCE_IS_NONPAGED_POOL,
     MM_CACHED,
     MM_NON_CACHED,
@@ -555,3 +556,29 @@ def test_7_9_20_and_4_2_is_address_valid_and_physical_address_follow_the_mapping
     assert vm.mm.MmGetPhysicalAddress(p + 0x10) == 0
     free_pages_mdl(vm, mdl)
     vm.mm.MmFreeMappingAddress(p, TAG)
+
+
+def test_partial_mdl_maps_and_is_flagged_partial_has_been_mapped(vm: Vm) -> None:
+    """A partial MDL (IoBuildPartialMdl) is mappable without MDL_PAGES_LOCKED of its own (§7.6 step 6);
+    mapping sets MDL_PARTIAL_HAS_BEEN_MAPPED and unmapping clears it again (step 10, §7.7 step 7)."""
+    buf = vm.mm.ExAllocatePoolWithTag(NON_PAGED_POOL_NX, 3 * PAGE, TAG)
+    source = vm.mm.IoAllocateMdl(buf, 3 * PAGE)
+    vm.mm.MmProbeAndLockPages(source, KERNEL_MODE, IO_WRITE_ACCESS)
+    target = vm.mm.IoAllocateMdl(buf + PAGE + 0x10, PAGE)
+    vm.mm.IoBuildPartialMdl(source, target, buf + PAGE + 0x10, PAGE)
+    partial = read_mdl(vm.verify, target)
+    assert partial.mdl_flags & MDL_PARTIAL and partial.page_count == 2
+    assert list(partial.pfns) == list(read_mdl(vm.verify, source).pfns[1:3])
+    p = vm.mm.MmAllocateMappingAddress(2 * PAGE, TAG)
+    assert vm.mm.MmMapLockedPagesWithReservedMapping(p, TAG, target, MM_CACHED) == p + 0x10
+    m = mapped_ok(vm, p, target, 2)
+    assert m.mdl_flags & (MDL_MAPPED_TO_SYSTEM_VA | MDL_PARTIAL_HAS_BEEN_MAPPED) == (
+        MDL_MAPPED_TO_SYSTEM_VA | MDL_PARTIAL_HAS_BEEN_MAPPED)
+    vm.mm.MmUnmapReservedMapping(p, TAG, target)
+    unmapped_ok(vm, p, 2)
+    assert not read_mdl(vm.verify, target).mdl_flags & (MDL_MAPPED_TO_SYSTEM_VA | MDL_PARTIAL_HAS_BEEN_MAPPED)
+    vm.mm.MmFreeMappingAddress(p, TAG)
+    vm.mm.IoFreeMdl(target)
+    vm.mm.MmUnlockPages(source)
+    vm.mm.IoFreeMdl(source)
+    vm.mm.ExFreePoolWithTag(buf, TAG)
