@@ -118,27 +118,6 @@ void MmFreeMappingAddress(PVOID BaseAddress, ULONG PoolTag)
 	reservations--;
 }
 
-/* §1.2 and §2.5 [DECISION]: PAT entry 0 WB, 1 (PWT) WC, 3 (PWT|PCD) UC. */
-static bool cache_bits(MEMORY_CACHING_TYPE type, uint64_t *bits)
-{
-	switch (type) {
-	case MmCached:
-	case MmHardwareCoherentCached:
-		*bits = 0;
-		return true;
-	case MmNonCached:
-	case MmNonCachedUnordered:
-		*bits = PTE_PWT | PTE_PCD;
-		return true;
-	case MmWriteCombined:
-	case MmUSWCCached:
-		*bits = PTE_PWT;
-		return true;
-	default:
-		return false;
-	}
-}
-
 /* Pages of the MDL that carry a frame: ReactOS ends a short PFN array with MDL_PFN_END. */
 static uint64_t frames_in(PMDL mdl, uint64_t pages)
 {
@@ -165,13 +144,14 @@ PVOID MmMapLockedPagesWithReservedMapping(PVOID MappingAddress, ULONG PoolTag, P
 		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_MAP_INVALID_RANGE, address, PoolTag,
 			     (uint64_t)__builtin_return_address(0));
 	uint64_t pages = MmGetMdlPageCount(mdl), cache;
-	if (pages > r.pages || !cache_bits(CacheType, &cache))
+	if (pages > r.pages || !mdl_cache_bits(CacheType, &cache))
 		return NULL;
 	uint16_t flags = (uint16_t)mdl->MdlFlags;
 	if (flags & MAP_FORBIDDEN_FLAGS)
 		verifier_violation(VERIFIER_MAP_BAD_FLAGS, (uint64_t)mdl, flags, flags & MAP_FORBIDDEN_FLAGS);
 	if (!(flags & MAP_REQUIRED_FLAGS))
 		verifier_violation(VERIFIER_MAP_MISSING_FLAGS, (uint64_t)mdl, flags, MAP_REQUIRED_FLAGS);
+	mdl_check_mappable_pages(mdl);
 	uint64_t last = (uint64_t)syspte_entry(r.base + (pages ? pages - 1 : 0) * PAGE_SIZE);
 	for (uint64_t i = 0; i < pages; i++) {
 		volatile uint64_t *pte = syspte_entry(r.base + i * PAGE_SIZE);

@@ -582,3 +582,18 @@ def test_partial_mdl_maps_and_is_flagged_partial_has_been_mapped(vm: Vm) -> None
     vm.mm.MmUnlockPages(source)
     vm.mm.IoFreeMdl(source)
     vm.mm.ExFreePoolWithTag(buf, TAG)
+
+
+def test_map_of_a_page_that_is_not_locked_bugchecks_0xc4_0x85(fresh_vm: Vm) -> None:
+    """An MDL that claims MDL_PAGES_LOCKED (flag and PFN written by the host) over a pool page nobody
+    locked: the page check the MDL family's mappings make applies here too."""
+    vm = fresh_vm
+    buf = vm.mm.ExAllocatePoolWithTag(NON_PAGED_POOL_NX, PAGE, TAG)
+    mdl = vm.mm.IoAllocateMdl(buf, PAGE)
+    pfn = vm.mm.MmGetPhysicalAddress(buf) >> 12
+    m = read_mdl(vm.verify, mdl)
+    vm.mm.write_va(mdl + 0x0A, (m.mdl_flags | MDL_PAGES_LOCKED).to_bytes(2, "little"))
+    vm.mm.write_va(m.pfn_array, pfn.to_bytes(8, "little"))
+    p = vm.mm.MmAllocateMappingAddress(PAGE, TAG)
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x85, mdl, 1, pfn):
+        vm.mm.MmMapLockedPagesWithReservedMapping(p, TAG, mdl, MM_CACHED)
