@@ -14,7 +14,7 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from harness import bench, bench_verify
+from harness import bench, bench_ddi, bench_verify
 from harness.agent.codec import decode_value, encode_value
 from harness.build import REPO_ROOT, build_kernel
 from harness.config import DEFAULT_CONFIG_DIR, VmConfig, load_configs, select_configs
@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     suite.add_argument("--runs", type=int, default=1, help="runs per worker count (default 1)")
     suite.set_defaults(func=cmd_bench_suite)
     bench_verify.add_parser(bench_sub)
+    bench_ddi.add_parser(bench_sub)
 
     args = parser.parse_args(argv)
     try:

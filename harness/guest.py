@@ -16,6 +16,7 @@ from harness.ddi.iospace import IoSpaceDdis
 from harness.ddi.irql import IrqlDdis
 from harness.ddi.mdl import MdlDdis
 from harness.ddi.pool import NON_PAGED_POOL, NON_PAGED_POOL_NX, PoolDdis
+from harness.ddi.reserved_mapping import ReservedMappingDdis
 from harness.ddi.usermode import UserModeDdis
 
 __all__ = ["NON_PAGED_POOL", "NON_PAGED_POOL_NX", "FrameStats", "KernelInfo", "MemoryManager", "Transport",
@@ -89,6 +90,6 @@ class AgentCommands(DdiFamily):
         return self._bool(self._call("MmIsAddressValid", va), "valid")
 
 
-class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, CopyDdis, IoSpaceDdis, ContiguousDdis, MdlDdis, UserModeDdis,
-                    DxgkDdis):
+class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, CopyDdis, MdlDdis, ReservedMappingDdis, IoSpaceDdis,
+                    ContiguousDdis, UserModeDdis, DxgkDdis):
     pass

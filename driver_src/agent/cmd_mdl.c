@@ -117,6 +117,13 @@ static void mm_map_locked_pages_specify_cache(const struct request *r)
 	frame_close();
 }
 
+static void mm_map_locked_pages(const struct request *r)
+{
+	if (!argument_at_most(r, "access_mode", ARG(1), UserMode))
+		return;
+	MmMapLockedPages(PTR(0), (KPROCESSOR_MODE)ARG(1));
+}
+
 static void mm_unmap_locked_pages(const struct request *r)
 {
 	MmUnmapLockedPages(PTR(0), PTR(1));
@@ -165,6 +172,7 @@ AGENT_COMMAND("MmMapLockedPagesSpecifyCache", "iiiiii",
 	      "<mdl:integer> <access_mode:integer> <cache_type:integer> <requested_address:integer> "
 	      "<bug_check_on_failure:integer> <priority:integer>",
 	      mm_map_locked_pages_specify_cache);
+AGENT_COMMAND("MmMapLockedPages", "ii", "<mdl:integer> <access_mode:integer>", mm_map_locked_pages);
 AGENT_COMMAND("MmUnmapLockedPages", "ii", "<va:integer> <mdl:integer>", mm_unmap_locked_pages);
 AGENT_COMMAND("MmGetSystemAddressForMdlSafe", "ii", "<mdl:integer> <priority:integer>",
 	      mm_get_system_address_for_mdl_safe);

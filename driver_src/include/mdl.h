@@ -3,6 +3,7 @@
  * macros, the types the MDL DDIs take, and their prototypes (mm/mdl.c, mm/mdl_map.c).
  */
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "bugcodes.h"
@@ -108,6 +109,7 @@ _Static_assert(offsetof(IRP, MdlAddress) == 0x08, "IRP.MdlAddress");
 #define MM_ALLOCATE_AND_HOT_REMOVE 0x100
 
 #define MM_HIGHEST_USER_ADDRESS 0x00007FFFFFFEFFFFull
+#define MM_USER_PROBE_ADDRESS 0x00007FFFFFFF0000ull
 
 #define STATUS_SUCCESS ((NTSTATUS)0x00000000)
 #define STATUS_NOT_SUPPORTED ((NTSTATUS)0xC00000BB)
@@ -163,8 +165,15 @@ void MmFreePagesFromMdl(PMDL MemoryDescriptorList);
 PVOID MmMapLockedPagesSpecifyCache(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode,
 				   MEMORY_CACHING_TYPE CacheType, PVOID RequestedAddress, ULONG BugCheckOnFailure,
 				   ULONG Priority);
+NORETURN PVOID MmMapLockedPages(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode);
 void MmUnmapLockedPages(PVOID BaseAddress, PMDL MemoryDescriptorList);
 PVOID MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority);
+/* For every family that maps MDL pages (reserved mappings, DXGK): */
+/* the PTE cache bits of a caching type (§2.5); false for types outside 0..5. */
+bool mdl_cache_bits(MEMORY_CACHING_TYPE type, uint64_t *bits);
+/* Each page up to the span or MDL_PFN_END must be locked or allocated for an MDL (else 0xC4 0x85),
+ * and non-RAM only with MDL_IO_SPACE (else 0xC4 0x89). */
+void mdl_check_mappable_pages(PMDL mdl);
 
 /* Leak counts (mm/mdl.c): pages locked by MmProbeAndLockPages, mapped by MmMapLockedPages*. */
 extern uint64_t mdl_locked_pages, mdl_mapped_pages;
@@ -179,6 +188,7 @@ extern uint64_t mdl_locked_pages, mdl_mapped_pages;
 #define VERIFIER_UNLOCK_NOT_LOCKED 0x7C         /* Mdl, MdlFlags, 0 */
 #define VERIFIER_UNLOCK_NONPAGED 0x7D           /* Mdl, MdlFlags, 0 */
 #define VERIFIER_ALLOCATE_PAGES_IRQL 0x7E       /* Irql, DISPATCH_LEVEL, 0 */
+#define VERIFIER_MAP_LOCKED_PAGES_OBSOLETE 0x81  /* Mdl, MdlFlags, 0 */
 #define VERIFIER_MAP_UNLOCKED_PAGE 0x85         /* Mdl, PageCount, Pfn */
 #define VERIFIER_MAP_NOT_RAM_WITHOUT_IO_SPACE 0x89 /* Mdl, &Pfn, Pfn */
 #define VERIFIER_PROBE_BAD_FLAGS 0xB0           /* Mdl, MdlFlags, bad flags */

@@ -167,13 +167,17 @@ static void unlock_frames(PPFN_NUMBER pfns, uint64_t count)
 
 /*
  * [DECISION] (§8.5, no paging): kernel addresses only (there are no user address spaces), "make
- * resident" is a no-op, a page that is not present or, for a write, not writable fails the probe
- * with STATUS_ACCESS_VIOLATION; pages not in the PFN database are the verifier's 0x6F. On failure
+ * resident" is a no-op; a UserMode buffer reaching above MM_USER_PROBE_ADDRESS, a page that is not
+ * present or, for a write, not writable fails the probe with STATUS_ACCESS_VIOLATION; pages not in
+ * the PFN database are the verifier's 0x6F. On failure
  * the pages locked so far are unlocked again and the MDL is left as it was.
  */
-static NTSTATUS probe_and_lock(PMDL mdl, LOCK_OPERATION operation)
+static NTSTATUS probe_and_lock(PMDL mdl, KPROCESSOR_MODE mode, LOCK_OPERATION operation)
 {
 	uint64_t va = (uint64_t)mdl->StartVa, pages = MmGetMdlPageCount(mdl);
+	uint64_t end = (uint64_t)MmGetMdlVirtualAddress(mdl) + mdl->ByteCount;
+	if (mode == UserMode && (end > MM_USER_PROBE_ADDRESS || end < va))
+		return (NTSTATUS)STATUS_ACCESS_VIOLATION;
 	PPFN_NUMBER pfns = MmGetMdlPfnArray(mdl);
 	struct pt_view live = pt_live();
 	for (uint64_t i = 0; i < pages; i++, va += PAGE_SIZE) {
@@ -205,7 +209,7 @@ void MmProbeAndLockPages(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode, 
 						  MDL_MAPPED_TO_SYSTEM_VA | MDL_IO_SPACE);
 	if (bad)
 		verifier_violation(VERIFIER_PROBE_BAD_FLAGS, (uint64_t)mdl, (uint16_t)mdl->MdlFlags, bad);
-	mdl_raised_status = probe_and_lock(mdl, Operation);
+	mdl_raised_status = probe_and_lock(mdl, AccessMode, Operation);
 	if (mdl_raised_status != STATUS_SUCCESS)
 		return;
 	mdl->Process = NULL;

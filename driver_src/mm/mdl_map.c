@@ -10,7 +10,7 @@
 #define PRIORITY_FLAGS (MdlMappingNoWrite | MdlMappingNoExecute)
 
 /* §1.2 and §2.5 [DECISION]: the PTE bits of each caching type (PAT: PWT = WC, PWT|PCD = UC). */
-static bool cache_bits(MEMORY_CACHING_TYPE type, uint64_t *bits)
+bool mdl_cache_bits(MEMORY_CACHING_TYPE type, uint64_t *bits)
 {
 	switch (type) {
 	case MmCached:
@@ -43,9 +43,10 @@ static bool priority_allows(ULONG priority, uint64_t pages)
 	return pages <= free && free - pages >= reserve;
 }
 
-/* Every page must be locked (or the MDL's own allocation); non-RAM only with MDL_IO_SPACE. */
-static void check_pages(PMDL mdl, PPFN_NUMBER pfns, uint64_t pages)
+void mdl_check_mappable_pages(PMDL mdl)
 {
+	PPFN_NUMBER pfns = MmGetMdlPfnArray(mdl);
+	uint64_t pages = MmGetMdlPageCount(mdl);
 	for (uint64_t i = 0; i < pages && pfns[i] != MDL_PFN_END; i++) {
 		enum pfn_state state = frame_state(pfns[i]);
 		if (state == PFN_NOT_RAM) {
@@ -89,8 +90,8 @@ PVOID MmMapLockedPagesSpecifyCache(PMDL MemoryDescriptorList, KPROCESSOR_MODE Ac
 		verifier_violation(VERIFIER_MAP_MISSING_FLAGS, (uint64_t)mdl, flags, MDL_PAGES_LOCKED);
 	uint64_t pages = MmGetMdlPageCount(mdl), cache;
 	PPFN_NUMBER pfns = MmGetMdlPfnArray(mdl);
-	check_pages(mdl, pfns, pages);
-	if (!cache_bits(CacheType, &cache) || !pages)
+	mdl_check_mappable_pages(mdl);
+	if (!mdl_cache_bits(CacheType, &cache) || !pages)
 		return NULL;
 	uint64_t base = priority_allows(Priority, pages) ? syspte_reserve(pages) : 0;
 	if (!base) {
@@ -141,6 +142,14 @@ void MmUnmapLockedPages(PVOID BaseAddress, PMDL MemoryDescriptorList)
 	syspte_release(expected, pages);
 	mdl_mapped_pages -= pages;
 	mdl->MdlFlags &= (CSHORT) ~(MDL_MAPPED_TO_SYSTEM_VA | MDL_PARTIAL_HAS_BEEN_MAPPED | MDL_FREE_EXTRA_PTES);
+}
+
+/* Obsolete: with the verifier always on, every call is its 0x81. */
+PVOID MmMapLockedPages(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode)
+{
+	(void)AccessMode;
+	verifier_violation(VERIFIER_MAP_LOCKED_PAGES_OBSOLETE, (uint64_t)MemoryDescriptorList,
+			   (uint16_t)MemoryDescriptorList->MdlFlags, 0);
 }
 
 PVOID MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority)

@@ -195,6 +195,10 @@ class MdlDdis(DdiFamily):
             raise NtRaisedStatus("MmMapLockedPagesSpecifyCache", raised)
         return self._int(values, "va")
 
+    def MmMapLockedPages(self, mdl: int, access_mode: int) -> int:
+        """Obsolete; the always-on verifier stops every call with 0xC4(0x81, Mdl, MdlFlags, 0)."""
+        return self._int(self._call("MmMapLockedPages", mdl, access_mode), "va")
+
     def MmUnmapLockedPages(self, base_address: int, mdl: int) -> None:
         self._call("MmUnmapLockedPages", base_address, mdl)
 

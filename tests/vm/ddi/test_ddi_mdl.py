@@ -18,6 +18,7 @@ from harness.ddi.mdl import (
     LOW_PAGE_PRIORITY,
     MDL_ALLOCATED_FIXED_SIZE,
     MDL_HEADER_SIZE,
+    MDL_IO_SPACE,
     MDL_MAPPED_TO_SYSTEM_VA,
     MDL_MAPPING_CAN_FAIL,
     MDL_MAPPING_NO_EXECUTE,
@@ -34,7 +35,12 @@ from harness.ddi.mdl import (
     MM_ALLOCATE_REQUIRE_CONTIGUOUS_CHUNKS,
     MM_CACHED,
     MM_DONT_ZERO_ALLOCATION,
+    MM_HARDWARE_COHERENT_CACHED,
+    MM_MAXIMUM_CACHE_TYPE,
     MM_NON_CACHED,
+    MM_NON_CACHED_UNORDERED,
+    MM_NOT_MAPPED,
+    MM_USWC_CACHED,
     MM_WRITE_COMBINED,
     NORMAL_PAGE_PRIORITY,
     STATUS_ACCESS_VIOLATION,
@@ -49,6 +55,7 @@ from harness.ddi.mdl import (
 )
 from harness.guest import NON_PAGED_POOL_NX
 from harness.oracle.paging import MemoryType
+from harness.oracle.walker import Attr
 from harness.testing import expect_stop
 from harness.vm import Vm
 
@@ -56,6 +63,7 @@ PAGE = 0x1000
 TAG = "MdlT"
 EFER_NXE = 1 << 11
 SYSTEM_PTE_COUNT = 22000
+DETAILED_PAGES = 16
 
 DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
 MEMORY_MANAGEMENT = 0x1A
@@ -74,13 +82,13 @@ CACHE_MEMORY_TYPE = {MM_CACHED: MemoryType.WB, MM_WRITE_COMBINED: MemoryType.WC,
 
 @contextmanager
 def pool_buffer(vm: Vm, pages: int) -> Iterator[int]:
+    """A page-aligned NX pool buffer, freed when the block ends normally. After a failure it is left alone:
+    its pages may still be locked (freeing would stop the kernel and hide the failure), and the vm
+    fixture discards a VM whose test failed."""
     va = vm.mm.ExAllocatePoolWithTag(NON_PAGED_POOL_NX, pages * PAGE, TAG)
     assert va and va % PAGE == 0
-    try:
-        yield va
-    finally:
-        if vm.alive:
-            vm.mm.ExFreePoolWithTag(va, TAG)
+    yield va
+    vm.mm.ExFreePoolWithTag(va, TAG)
 
 
 def host_pfns(vm: Vm, va: int, length: int) -> list[int]:
@@ -100,16 +108,29 @@ def nx_enabled(vm: Vm) -> bool:
 
 def assert_mapping_matches(vm: Vm, va: int, mdl: Mdl, *, writable: bool = True, cache: int = MM_CACHED) -> None:
     """Each leaf PTE of the mapping: present, the PFN the host read in the MDL, RW as asked, supervisor,
-    NX (when the CPU has it), and the PAT type of the caching type; raw PWT/PCD/PAT bits as §2.5 says."""
+    NX (when the CPU has it), PWT/PCD/PAT as §2.5 says; every page in one batched host walk, and the first
+    DETAILED_PAGES also through assert_mapped (PAT memory type) and their raw leaf entries."""
     assert va & (PAGE - 1) == mdl.byte_offset, "the mapping keeps the MDL's byte offset"
     pfns = [p for p in mdl.pfns if p != MDL_PFN_END]
-    length = len(pfns) * PAGE - mdl.byte_offset
-    vm.verify.assert_mapped(va, length, pfns=pfns, writable=writable, user=False,
-                            executable=not nx_enabled(vm), cache=CACHE_MEMORY_TYPE[cache])
+    first = va & ~(PAGE - 1)
+    nx = nx_enabled(vm)
     wanted_bits = {MM_CACHED: 0, MM_WRITE_COMBINED: 0x08, MM_NON_CACHED: 0x18}[cache]
-    for _, entry in vm.verify.leaf_entries(va, length):
+    wanted_attrs = (Attr.WRITABLE if writable else Attr.NONE) | (Attr.NONE if nx else Attr.EXECUTABLE)
+    wanted_attrs |= Attr((wanted_bits & 0x08 and Attr.PWT) | (wanted_bits & 0x10 and Attr.PCD))
+    mask = Attr.WRITABLE | Attr.USER | Attr.EXECUTABLE | Attr.PWT | Attr.PCD | Attr.PAT
+    batch = vm.verify.translate_many([first + i * PAGE for i in range(len(pfns))])
+    assert batch.attrs is not None
+    problems = [f"page {i}: pa {int(pa):#x} attrs {Attr(int(attrs)) & mask!r}"
+                for i, (ok, pa, attrs) in enumerate(zip(batch.ok.tolist(), batch.pa.tolist(), batch.attrs.tolist(),
+                                                       strict=True))
+                if not ok or pa >> 12 != pfns[i] or Attr(attrs) & mask != wanted_attrs]
+    assert not problems, f"expected PFNs {pfns[:4]}... and {wanted_attrs!r}: " + "; ".join(problems[:8])
+    detailed = min(len(pfns), DETAILED_PAGES)
+    vm.verify.assert_mapped(first, detailed * PAGE, pfns=pfns[:detailed], writable=writable, user=False,
+                            executable=not nx, cache=CACHE_MEMORY_TYPE[cache])
+    for _, entry in vm.verify.leaf_entries(first, detailed * PAGE):
         assert entry & 0x98 == wanted_bits, f"PTE {entry:#x}: PWT/PCD/PAT bits, expected {wanted_bits:#x}"
-        assert bool(entry >> 63) == nx_enabled(vm)
+        assert bool(entry >> 63) == nx
 
 
 # -- §1.6-§1.8, §8.1, §8.2: the structure, IoAllocateMdl, IoFreeMdl, MmInitializeMdl, MmSizeOfMdl ------------
@@ -269,26 +290,36 @@ def test_8_5_two_mdls_may_lock_the_same_page(vm: Vm) -> None:
 
 
 def test_8_5_unmapped_va_raises_access_violation_and_leaves_the_mdl_unlocked(vm: Vm) -> None:
-    """[DECISION] the raised exception comes back as the key "raised"; the host raises NtRaisedStatus.
-    The MDL spans a good pool page then an unmapped one: the first page's lock is undone."""
-    with pool_buffer(vm, 1) as buf:
-        mdl = vm.mm.IoAllocateMdl(UNMAPPED_KERNEL_VA, 0x100)
-        before = vm.mm.outstanding()
-        with pytest.raises(NtRaisedStatus) as raised:
-            vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_READ_ACCESS)
-        assert raised.value.status == STATUS_ACCESS_VIOLATION
-        assert read_mdl(vm.verify, mdl).mdl_flags == 0
-        vm.mm.IoFreeMdl(mdl)
-        # buf's last byte plus the page after it (the pool never maps the page after the last big block it
-        # hands out when that page is beyond its high-water mark; check the host agrees before relying on it)
-        next_page = buf + PAGE
-        if vm.verify.walk(next_page).pa is None:
-            mdl = vm.mm.IoAllocateMdl(buf + PAGE - 8, 0x10)
-            with pytest.raises(NtRaisedStatus):
-                vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
-            assert read_mdl(vm.verify, mdl).mdl_flags == 0
-            vm.mm.IoFreeMdl(mdl)
-        assert vm.mm.outstanding() == before, "the first page's lock was undone"
+    """[DECISION] the raised exception comes back as the key "raised"; the host raises NtRaisedStatus."""
+    mdl = vm.mm.IoAllocateMdl(UNMAPPED_KERNEL_VA, 0x100)
+    before = vm.mm.outstanding()
+    with pytest.raises(NtRaisedStatus) as raised:
+        vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_READ_ACCESS)
+    assert raised.value.status == STATUS_ACCESS_VIOLATION
+    assert read_mdl(vm.verify, mdl).mdl_flags == 0
+    assert vm.mm.outstanding() == before
+    vm.mm.IoFreeMdl(mdl)
+
+
+def test_8_5_failed_probe_unlocks_the_pages_it_had_locked(fresh_vm: Vm) -> None:
+    """The MDL spans the kernel's last data page and the unmapped page after it: the probe locks the
+    first, fails on the second and must unlock the first again. Proof: an MDL forged as locked over that
+    page then takes its lock count below zero (PFN_LIST_CORRUPT 0x07 with count 0)."""
+    vm = fresh_vm
+    last_data = vm.mm.kernel_info().data_end - PAGE
+    assert vm.verify.walk(last_data + PAGE).pa is None, "the page after the image's data is unmapped"
+    mdl = vm.mm.IoAllocateMdl(last_data + PAGE - 8, 0x10)
+    with pytest.raises(NtRaisedStatus) as raised:
+        vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
+    assert raised.value.status == STATUS_ACCESS_VIOLATION
+    assert read_mdl(vm.verify, mdl).mdl_flags == 0
+    assert vm.mm.outstanding()["mdl_locked_pages"] == 0
+    pfn = host_pfns(vm, last_data, 1)[0]
+    forged = vm.mm.IoAllocateMdl(last_data, 0x10)
+    vm.mm.write_va(forged + 0x0A, MDL_PAGES_LOCKED.to_bytes(2, "little"))
+    vm.mm.write_va(forged + MDL_HEADER_SIZE, pfn.to_bytes(8, "little"))
+    with expect_stop(PFN_LIST_CORRUPT, 0x07, pfn, 0, 0):
+        vm.mm.MmUnlockPages(forged)
 
 
 def test_8_5_write_probe_of_read_only_memory_raises_access_violation(vm: Vm) -> None:
@@ -536,10 +567,11 @@ def test_8_7_01_map_three_locked_pages_at_offset_0x123(vm: Vm, cache: int) -> No
 def test_8_7_mapping_shows_the_buffer(vm: Vm) -> None:
     """What the guest wrote through the pool VA reads back through the MDL mapping, and the reverse."""
     with pool_buffer(vm, 2) as buf:
-        vm.mm.write_va(buf, bytes(range(256)) * 32)
+        vm.verify.guest_write(buf, bytes(range(256)) * 32)
         mdl = vm.mm.IoAllocateMdl(buf, 2 * PAGE)
         vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
         va = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+        assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
         assert vm.verify.host_read(va, 2 * PAGE) == bytes(range(256)) * 32
         vm.mm.write_va(va + PAGE, b"mapped")
         assert vm.mm.read_va(buf + PAGE, 6) == b"mapped"
@@ -566,6 +598,7 @@ def test_8_7_02_write_through_a_no_write_mapping_bugchecks_0xbe(fresh_vm: Vm) ->
     mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
     va = vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, MM_CACHED, 0, False,
                                             NORMAL_PAGE_PRIORITY | MDL_MAPPING_NO_WRITE)
+    assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl), writable=False)
     (_, pte), = vm.verify.leaf_entries(va)
     with expect_stop(ATTEMPTED_WRITE_TO_READONLY_MEMORY, va + 8, pte):
         vm.mm.write_va(va + 8, b"\x01")
@@ -587,6 +620,7 @@ def test_8_7_04_access_after_unmap_bugchecks_0x50(fresh_vm: Vm) -> None:
     vm = fresh_vm
     mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
     va = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+    assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
     vm.mm.MmUnmapLockedPages(va, mdl)
     vm.verify.assert_unmapped(va, PAGE)
     with expect_stop(PAGE_FAULT_IN_NONPAGED_AREA, va, 0, None, 0):
@@ -605,6 +639,7 @@ def test_8_7_05_priority_thresholds_and_exhaustion_return_null(vm: Vm) -> None:
     assert vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, MM_CACHED, 0, False, NORMAL_PAGE_PRIORITY) == 0
     va = vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, MM_CACHED, 0, False, HIGH_PAGE_PRIORITY)
     assert va
+    assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
     rest = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, SYSTEM_PTE_COUNT * PAGE // 64, MM_CACHED,
                                          MM_DONT_ZERO_ALLOCATION)
     assert vm.mm.MmMapLockedPagesSpecifyCache(rest, KERNEL_MODE, MM_CACHED, 0, False, HIGH_PAGE_PRIORITY) == 0
@@ -670,6 +705,7 @@ def test_8_7_mapping_twice_bugchecks_0xc4_0xb2(fresh_vm: Vm) -> None:
     vm = fresh_vm
     mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
     vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+    assert_mapping_matches(vm, vm.mm.MmGetSystemAddressForMdlSafe(mdl), read_mdl(vm.verify, mdl))
     flags = MDL_PAGES_LOCKED | MDL_MAPPED_TO_SYSTEM_VA
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0xB2, mdl, flags, MDL_MAPPED_TO_SYSTEM_VA):
         vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, MM_CACHED, 0, False, NORMAL_PAGE_PRIORITY)
@@ -717,6 +753,7 @@ def test_8_7_unmap_at_the_wrong_address_bugchecks_0xda_0x03(fresh_vm: Vm) -> Non
     vm = fresh_vm
     mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, 2 * PAGE, MM_CACHED, 0)
     va = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+    assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
     with expect_stop(SYSTEM_PTE_MISUSE, 0x03, 0, va, va + PAGE):
         vm.mm.MmUnmapLockedPages(va + PAGE, mdl)
 
@@ -725,6 +762,7 @@ def test_8_7_unmap_above_dispatch_bugchecks_0xc4_0x79(fresh_vm: Vm) -> None:
     vm = fresh_vm
     mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
     va = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+    assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
     vm.mm.KeRaiseIrql(HIGH_LEVEL)
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x79, HIGH_LEVEL, va, mdl):
         vm.mm.MmUnmapLockedPages(va, mdl)
@@ -778,6 +816,7 @@ def test_8_3_partial_of_a_mapped_source_shares_its_mapping(vm: Vm) -> None:
         source = vm.mm.IoAllocateMdl(buf, 3 * PAGE)
         vm.mm.MmProbeAndLockPages(source, KERNEL_MODE, IO_WRITE_ACCESS)
         mapped = vm.mm.MmGetSystemAddressForMdlSafe(source)
+        assert_mapping_matches(vm, mapped, read_mdl(vm.verify, source))
         target = vm.mm.IoAllocateMdl(buf + 0x1100, 0x1000)
         vm.mm.IoBuildPartialMdl(source, target, buf + 0x1100, 0x1000)
         t = read_mdl(vm.verify, target)
@@ -828,6 +867,7 @@ def test_8_2_prepare_for_reuse_unmaps_a_mapped_partial_mdl(vm: Vm) -> None:
         target = vm.mm.IoAllocateMdl(buf, 2 * PAGE)
         vm.mm.IoBuildPartialMdl(source, target, buf, 0)
         va = vm.mm.MmGetSystemAddressForMdlSafe(target)
+        assert_mapping_matches(vm, va, read_mdl(vm.verify, target))
         vm.mm.MmPrepareMdlForReuse(target)
         vm.verify.assert_unmapped(va, 2 * PAGE)
         assert read_mdl(vm.verify, target).mdl_flags == MDL_PARTIAL
@@ -864,6 +904,7 @@ def test_8_3_unmapping_an_inherited_mapping_bugchecks_0xc4_0xb5(fresh_vm: Vm) ->
     source = vm.mm.IoAllocateMdl(buf, 2 * PAGE)
     vm.mm.MmProbeAndLockPages(source, KERNEL_MODE, IO_READ_ACCESS)
     mapped = vm.mm.MmGetSystemAddressForMdlSafe(source)
+    assert_mapping_matches(vm, mapped, read_mdl(vm.verify, source))
     target = vm.mm.IoAllocateMdl(buf, PAGE)
     vm.mm.IoBuildPartialMdl(source, target, buf, PAGE)
     flags = MDL_PARTIAL | MDL_MAPPED_TO_SYSTEM_VA
@@ -888,6 +929,7 @@ def test_8_1_freeing_a_mapped_mdl_bugchecks_0xc4_0xb8(fresh_vm: Vm) -> None:
     mdl = vm.mm.IoAllocateMdl(buf, PAGE)
     vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
     vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+    assert_mapping_matches(vm, vm.mm.MmGetSystemAddressForMdlSafe(mdl), read_mdl(vm.verify, mdl))
     flags = MDL_PAGES_LOCKED | MDL_WRITE_OPERATION | MDL_MAPPED_TO_SYSTEM_VA
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0xB8, mdl, flags, 0):
         vm.mm.IoFreeMdl(mdl)
@@ -900,3 +942,98 @@ def test_8_1_double_free_stops_in_the_pool(fresh_vm: Vm) -> None:
     vm.mm.IoFreeMdl(mdl)
     with expect_stop(0xC2):
         vm.mm.IoFreeMdl(mdl)
+
+
+# -- I/O space: the local APIC's registers, mapped by the kernel at the HAL base -------------------------------
+
+LOCAL_APIC_VA = 0xFFFF_FFFF_FFC0_0000
+LOCAL_APIC_PFN = 0xFEE00
+
+
+def test_8_4_build_over_device_memory_sets_io_space(vm: Vm) -> None:
+    assert host_pfns(vm, LOCAL_APIC_VA, 1) == [LOCAL_APIC_PFN]
+    mdl = vm.mm.IoAllocateMdl(LOCAL_APIC_VA + 0x20, 0x10)
+    vm.mm.MmBuildMdlForNonPagedPool(mdl)
+    m = read_mdl(vm.verify, mdl)
+    assert m.mdl_flags == MDL_SOURCE_IS_NONPAGED_POOL | MDL_IO_SPACE
+    assert m.pfns == (LOCAL_APIC_PFN,) and m.mapped_system_va == LOCAL_APIC_VA + 0x20
+    vm.mm.IoFreeMdl(mdl)
+
+
+def test_8_4_build_at_dispatch_level_is_allowed(vm: Vm) -> None:
+    with pool_buffer(vm, 1) as buf:
+        mdl = vm.mm.IoAllocateMdl(buf, 0x20)
+        with vm.mm.at_irql(DISPATCH_LEVEL):
+            vm.mm.MmBuildMdlForNonPagedPool(mdl)
+        assert read_mdl(vm.verify, mdl).pfns == tuple(host_pfns(vm, buf, 1))
+        vm.mm.IoFreeMdl(mdl)
+
+
+def test_8_5_probe_of_device_memory_bugchecks_0xc4_0x6f(fresh_vm: Vm) -> None:
+    """The verifier is always on: a page outside the PFN database is its 0x6F, not MDL_IO_SPACE."""
+    vm = fresh_vm
+    mdl = vm.mm.IoAllocateMdl(LOCAL_APIC_VA, 0x10)
+    highest = vm.mm.frame_stats().highest_pfn
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x6F, mdl, LOCAL_APIC_PFN, highest):
+        vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_READ_ACCESS)
+
+
+def test_8_7_mapping_non_ram_without_io_space_bugchecks_0xc4_0x89(fresh_vm: Vm) -> None:
+    vm = fresh_vm
+    mdl = vm.mm.IoAllocateMdl(0xFFFF_8000_0000_0000, 0x10)
+    vm.mm.write_va(mdl + 0x0A, MDL_PAGES_LOCKED.to_bytes(2, "little"))
+    vm.mm.write_va(mdl + MDL_HEADER_SIZE, LOCAL_APIC_PFN.to_bytes(8, "little"))
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x89, mdl, mdl + MDL_HEADER_SIZE, LOCAL_APIC_PFN):
+        vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, MM_CACHED, 0, False, NORMAL_PAGE_PRIORITY)
+
+
+@pytest.mark.parametrize("mode", [KERNEL_MODE, USER_MODE])
+def test_8_5_probe_of_a_user_address_raises_access_violation(vm: Vm, mode: int) -> None:
+    """[DECISION] no user address spaces: any user-range buffer fails the probe."""
+    mdl = vm.mm.IoAllocateMdl(0x10_0000, 0x100)
+    with pytest.raises(NtRaisedStatus) as raised:
+        vm.mm.MmProbeAndLockPages(mdl, mode, IO_READ_ACCESS)
+    assert raised.value.status == STATUS_ACCESS_VIOLATION
+    assert read_mdl(vm.verify, mdl).mdl_flags == 0
+    vm.mm.IoFreeMdl(mdl)
+
+
+@pytest.mark.parametrize("cache", [MM_NOT_MAPPED, MM_MAXIMUM_CACHE_TYPE])
+def test_8_7_invalid_cache_type_gives_null(vm: Vm, cache: int) -> None:
+    """[DECISION] caching types outside 0..5 map nothing."""
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    before = vm.mm.outstanding()
+    assert vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, cache, 0, False, NORMAL_PAGE_PRIORITY) == 0
+    assert vm.mm.outstanding() == before
+    assert not read_mdl(vm.verify, mdl).mdl_flags & MDL_MAPPED_TO_SYSTEM_VA
+    free_pages_mdl(vm, mdl)
+
+
+@pytest.mark.parametrize(("cache", "memory_type"), [(MM_HARDWARE_COHERENT_CACHED, MM_CACHED),
+                                                    (MM_NON_CACHED_UNORDERED, MM_NON_CACHED),
+                                                    (MM_USWC_CACHED, MM_WRITE_COMBINED)])
+def test_1_2_reserved_cache_types_map_as_reactos_does(vm: Vm, cache: int, memory_type: int) -> None:
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, 2 * PAGE, MM_CACHED, 0)
+    va = vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, cache, 0, False, NORMAL_PAGE_PRIORITY)
+    assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl), cache=memory_type)
+    vm.mm.MmUnmapLockedPages(va, mdl)
+    vm.verify.assert_unmapped(va, 2 * PAGE)
+    free_pages_mdl(vm, mdl)
+
+
+def test_8_5_user_mode_probe_of_a_kernel_buffer_raises_access_violation(vm: Vm) -> None:
+    """ReactOS: a UserMode buffer ending above MM_USER_PROBE_ADDRESS (0x7FFFFFFF0000) raises."""
+    with pool_buffer(vm, 1) as buf:
+        mdl = vm.mm.IoAllocateMdl(buf, 0x100)
+        with pytest.raises(NtRaisedStatus) as raised:
+            vm.mm.MmProbeAndLockPages(mdl, USER_MODE, IO_READ_ACCESS)
+        assert raised.value.status == STATUS_ACCESS_VIOLATION
+        assert read_mdl(vm.verify, mdl).mdl_flags == 0
+        vm.mm.IoFreeMdl(mdl)
+
+
+def test_8_7_obsolete_mm_map_locked_pages_bugchecks_0xc4_0x81(fresh_vm: Vm) -> None:
+    vm = fresh_vm
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x81, mdl, MDL_PAGES_LOCKED, 0):
+        vm.mm.MmMapLockedPages(mdl, KERNEL_MODE)
