@@ -249,8 +249,10 @@ void IoBuildPartialMdl(PMDL SourceMdl, PMDL TargetMdl, PVOID VirtualAddress, ULO
 	if (!length)
 		length = SourceMdl->ByteCount - offset;
 	uint64_t pages = ADDRESS_AND_SIZE_TO_SPAN_PAGES(va, length);
-	/* [DECISION] TARGET_MDL_TOO_SMALL carries the same parameters as INVALID_MDL_RANGE. */
-	if ((uint16_t)TargetMdl->Size < MmSizeOfMdl(VirtualAddress, length))
+	/* [DECISION] TARGET_MDL_TOO_SMALL carries the same parameters as INVALID_MDL_RANGE. A size above
+	 * 16 bits cannot be checked: Size holds it truncated (§8.1). */
+	uint64_t needed = MmSizeOfMdl(VirtualAddress, length);
+	if (needed <= UINT16_MAX && (uint16_t)TargetMdl->Size < needed)
 		KeBugCheckEx(TARGET_MDL_TOO_SMALL, (uint64_t)SourceMdl, (uint64_t)TargetMdl, va, Length);
 	uint16_t kept = (uint16_t)TargetMdl->MdlFlags & (MDL_ALLOCATED_FIXED_SIZE | MDL_ALLOCATED_MUST_SUCCEED);
 	uint16_t inherited = (uint16_t)SourceMdl->MdlFlags &

@@ -1037,3 +1037,27 @@ def test_8_7_obsolete_mm_map_locked_pages_bugchecks_0xc4_0x81(fresh_vm: Vm) -> N
     mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x81, mdl, MDL_PAGES_LOCKED, 0):
         vm.mm.MmMapLockedPages(mdl, KERNEL_MODE)
+
+
+def test_8_6_unlocking_an_allocated_pages_mdl_bugchecks_0x4e_0x07(fresh_vm: Vm) -> None:
+    """[DECISION] its pages were never lock-counted: the unlock takes the first below zero."""
+    vm = fresh_vm
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, 2 * PAGE, MM_CACHED, 0)
+    pfn = read_mdl(vm.verify, mdl).pfns[0]
+    with expect_stop(PFN_LIST_CORRUPT, 0x07, pfn, 0, 0):
+        vm.mm.MmUnlockPages(mdl)
+
+
+def test_8_3_partial_of_a_large_source_into_a_large_target(vm: Vm) -> None:
+    """Above 8187 pages Size is truncated to 16 bits; the partial MDL is still built (no false 0x40)."""
+    pages = 9000
+    source = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, pages * PAGE, MM_CACHED, MM_DONT_ZERO_ALLOCATION)
+    src = read_mdl(vm.verify, source)
+    assert src.byte_count == pages * PAGE
+    target = vm.mm.IoAllocateMdl(PAGE, (pages - 1) * PAGE)
+    vm.mm.IoBuildPartialMdl(source, target, PAGE, 0)
+    t = read_mdl(vm.verify, target)
+    assert t.size == (0x30 + 8 * (pages - 1)) & 0xFFFF
+    assert t.pfns == src.pfns[1:]
+    vm.mm.IoFreeMdl(target)
+    free_pages_mdl(vm, source)
