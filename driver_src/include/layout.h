@@ -17,6 +17,7 @@
  *   0xFFFFF68000000000 +------------------------------------------------+
  *                      | self-map, 4-level: PML4 slot 0x1ED (PTE_BASE)   |
  *   0xFFFFF70000000000 +------------------------------------------------+
+ *                      | hyperspace: MmCopyMemory's copy window, 1 page  |
  *   0xFFFFF80000000000 | loader mappings                                 |
  *   0xFFFFF80000200000 |   kernel image, 4 KiB pages: text RX,           |
  *                      |   rodata R NX, data+bss RW NX                   |
@@ -60,6 +61,9 @@
 #define KERNEL_STACK_BASE (KERNEL_STACK_GUARD + 0x1000)
 #define KERNEL_STACK_SIZE 0x4000
 #define KERNEL_STACK_TOP (KERNEL_STACK_BASE + KERNEL_STACK_SIZE)
+
+#define HYPERSPACE_BASE U64_C(0xFFFFF70000000000)
+#define COPY_WINDOW_VA HYPERSPACE_BASE /* MmCopyMemory maps physical sources here, a page at a time */
 
 #define SYSTEM_PTE_BASE U64_C(0xFFFFF98000000000)
 #define PFN_DATABASE_BASE U64_C(0xFFFFFA8000000000)

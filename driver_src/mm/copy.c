@@ -1,8 +1,8 @@
 /*
  * MmCopyMemory (ddi-spec §6): copies from a physical or a virtual source without ever faulting on
- * the source. Physical pages are reached through one copy PTE reserved at boot from the system-PTE
- * allocator (this kernel runs one CPU, so "per CPU" is one PTE), mapped for a chunk and cleared
- * after it, as NT's hyperspace mappings are. Virtual sources are walked first, then copied through
+ * the source. Physical pages are reached through one copy PTE in hyperspace (layout.h; this kernel
+ * runs one CPU, so "per CPU" is one PTE), mapped for a chunk and cleared after it, as NT's
+ * hyperspace mappings are. It stays out of the system-PTE region, which starts empty. Virtual sources are walked first, then copied through
  * copy_nofault, so a mapping that vanishes mid-copy ends the copy instead of the system.
  *
  * [DECISION] Every failure returns STATUS_INVALID_ADDRESS with the bytes copied before the failing
@@ -10,19 +10,23 @@
  * status", and one code keeps callers' checks simple).
  */
 #include "copy.h"
+#include "bugcodes.h"
 #include "frames.h"
 #include "irql.h"
 #include "kstring.h"
 #include "layout.h"
 #include "nofault.h"
+#include "ntddk.h"
 #include "pagetable.h"
-#include "syspte.h"
 
 static uint64_t copy_va;
 
 void copy_init(void)
 {
-	copy_va = syspte_reserve(1);
+	struct pt_view live = pt_live();
+	if (!pt_prepare(&live, COPY_WINDOW_VA, 1))
+		KeBugCheckEx(INSTALL_MORE_MEMORY, COPY_WINDOW_VA, 1, 0, 0);
+	copy_va = COPY_WINDOW_VA;
 }
 
 uint64_t copy_pte_va(void)
