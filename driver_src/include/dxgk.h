@@ -5,30 +5,13 @@
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>
-#include "mdl.h" /* NTSTATUS, STATUS_SUCCESS */
+#include "mdl.h"
 #include "ntddk.h"
 
 typedef void *HANDLE;
 typedef uint32_t UINT;
 typedef ULONG ACCESS_MASK;
 typedef void *POBJECT_ATTRIBUTES;
-
-/* Other families may name these too: the first definition wins (the values are NT's, ntstatus.h). */
-#ifndef STATUS_INVALID_HANDLE
-#define STATUS_INVALID_HANDLE ((NTSTATUS)0xC0000008)
-#endif
-#ifndef STATUS_INVALID_PARAMETER
-#define STATUS_INVALID_PARAMETER ((NTSTATUS)0xC000000D)
-#endif
-#ifndef STATUS_INSUFFICIENT_RESOURCES
-#define STATUS_INSUFFICIENT_RESOURCES ((NTSTATUS)0xC000009A)
-#endif
-
-/* Section page protections DXGK accepts (winnt.h values). */
-#define DXGK_PAGE_READONLY 0x02
-#define DXGK_PAGE_READWRITE 0x04
-#define DXGK_PAGE_WRITECOPY 0x08
-#define DXGK_PAGE_EXECUTE 0x10
 
 /* DRIVER_VERIFIER_DETECTED_VIOLATION subcodes of this test kernel only (ddi-spec §12.4 [DECISION]). */
 #define DXGK_VERIFIER_INVALID_HANDLE 0x1000 /* P2 the handle */

@@ -8,26 +8,6 @@
 #include "ntddk.h"
 #include "pagetable.h"
 
-typedef enum {
-	MmNonCached = 0,
-	MmCached = 1,
-	MmWriteCombined = 2,
-	MmHardwareCoherentCached = 3,
-	MmNonCachedUnordered = 4,
-	MmUSWCCached = 5,
-	MmMaximumCacheType = 6,
-	MmNotMapped = -1,
-} MEMORY_CACHING_TYPE;
-
-/* Page protections (ddi-spec §1.4) that MmMapIoSpaceEx accepts. */
-#define PAGE_READONLY 0x02
-#define PAGE_READWRITE 0x04
-#define PAGE_EXECUTE 0x10
-#define PAGE_EXECUTE_READ 0x20
-#define PAGE_EXECUTE_READWRITE 0x40
-#define PAGE_NOCACHE 0x200
-#define PAGE_WRITECOMBINE 0x400
-
 /* SYSTEM_PTE_MISUSE P1: unmap of an I/O mapping not in the table (P2 the VA, P3 its page span). */
 #define PTE_MISUSE_UNKNOWN_IO_MAPPING 0x400
 /* DRIVER_VERIFIER_DETECTED_VIOLATION P1s: map above DISPATCH (P2 IRQL, P3 PA, P4 bytes) and

@@ -11,26 +11,9 @@
 #include "paging.h"
 
 typedef int16_t CSHORT;
-typedef int32_t NTSTATUS;
 typedef uint64_t PFN_NUMBER;
 typedef PFN_NUMBER *PPFN_NUMBER;
-typedef uint8_t KPROCESSOR_MODE;
-
-#define KernelMode 0
-#define UserMode 1
-
 typedef enum { IoReadAccess = 0, IoWriteAccess = 1, IoModifyAccess = 2 } LOCK_OPERATION;
-
-typedef enum {
-	MmNotMapped = -1,
-	MmNonCached = 0,
-	MmCached = 1,
-	MmWriteCombined = 2,
-	MmHardwareCoherentCached = 3,
-	MmNonCachedUnordered = 4,
-	MmUSWCCached = 5,
-	MmMaximumCacheType = 6,
-} MEMORY_CACHING_TYPE;
 
 typedef enum { LowPagePriority = 0, NormalPagePriority = 16, HighPagePriority = 32 } MM_PAGE_PRIORITY;
 
@@ -111,9 +94,7 @@ _Static_assert(offsetof(IRP, MdlAddress) == 0x08, "IRP.MdlAddress");
 #define MM_HIGHEST_USER_ADDRESS 0x00007FFFFFFEFFFFull
 #define MM_USER_PROBE_ADDRESS 0x00007FFFFFFF0000ull
 
-#define STATUS_SUCCESS ((NTSTATUS)0x00000000)
-#define STATUS_NOT_SUPPORTED ((NTSTATUS)0xC00000BB)
-/* STATUS_ACCESS_VIOLATION comes from bugcodes.h. */
+/* STATUS_ACCESS_VIOLATION comes from bugcodes.h, the other statuses from ntddk.h. */
 
 /* §1.8 macros. */
 #define BYTE_OFFSET(va) ((ULONG)((ULONG_PTR)(va) & (PAGE_SIZE - 1)))

@@ -21,6 +21,47 @@ typedef union {
 #define TRUE 1
 #define FALSE 0
 
+typedef int32_t NTSTATUS;
+typedef SIZE_T *PSIZE_T;
+typedef uint8_t KPROCESSOR_MODE;
+#define KernelMode 0
+#define UserMode 1
+
+/* The NTSTATUS values the DDIs return (ddi-spec §1.5); exception codes are in bugcodes.h. */
+#define STATUS_SUCCESS ((NTSTATUS)0x00000000)
+#define STATUS_INVALID_HANDLE ((NTSTATUS)0xC0000008)
+#define STATUS_INVALID_PARAMETER ((NTSTATUS)0xC000000D)
+#define STATUS_INSUFFICIENT_RESOURCES ((NTSTATUS)0xC000009A)
+#define STATUS_NOT_SUPPORTED ((NTSTATUS)0xC00000BB)
+#define STATUS_INVALID_PARAMETER_4 ((NTSTATUS)0xC00000F2)
+#define STATUS_INVALID_PARAMETER_5 ((NTSTATUS)0xC00000F3)
+#define STATUS_INVALID_ADDRESS ((NTSTATUS)0xC0000141)
+
+/* ddi-spec §1.2: the mapping DDIs' caching types. */
+typedef enum {
+	MmNotMapped = -1,
+	MmNonCached = 0,
+	MmCached = 1,
+	MmWriteCombined = 2,
+	MmHardwareCoherentCached = 3,
+	MmNonCachedUnordered = 4,
+	MmUSWCCached = 5,
+	MmMaximumCacheType = 6,
+} MEMORY_CACHING_TYPE;
+
+/* ddi-spec §1.4: page protections (MmMapIoSpaceEx, DXGK sections). */
+#define PAGE_NOACCESS 0x01
+#define PAGE_READONLY 0x02
+#define PAGE_READWRITE 0x04
+#define PAGE_WRITECOPY 0x08
+#define PAGE_EXECUTE 0x10
+#define PAGE_EXECUTE_READ 0x20
+#define PAGE_EXECUTE_READWRITE 0x40
+#define PAGE_EXECUTE_WRITECOPY 0x80
+#define PAGE_GUARD 0x100
+#define PAGE_NOCACHE 0x200
+#define PAGE_WRITECOMBINE 0x400
+
 typedef enum {
 	NonPagedPool = 0, /* = NonPagedPoolExecute */
 	PagedPool = 1,

@@ -101,8 +101,8 @@ static void free_pages(struct dxgk_object *o)
 
 static bool section_protection_valid(ULONG protection)
 {
-	return protection == DXGK_PAGE_READONLY || protection == DXGK_PAGE_READWRITE ||
-	       protection == DXGK_PAGE_WRITECOPY || protection == DXGK_PAGE_EXECUTE;
+	return protection == PAGE_READONLY || protection == PAGE_READWRITE ||
+	       protection == PAGE_WRITECOPY || protection == PAGE_EXECUTE;
 }
 
 /* Frames an IO_SPACE object may name: below the CPU's largest physical address (52 bits). */
@@ -147,8 +147,8 @@ NTSTATUS DxgkCbCreatePhysicalMemoryObject(DXGKARGCB_CREATE_PHYSICAL_MEMORY_OBJEC
 		.size = a->Size,
 		.pages = pages,
 		.read_only = a->Type == DXGK_PHYSICAL_MEMORY_TYPE_SECTION &&
-			     (a->Section.PageProtection == DXGK_PAGE_READONLY ||
-			      a->Section.PageProtection == DXGK_PAGE_EXECUTE),
+			     (a->Section.PageProtection == PAGE_READONLY ||
+			      a->Section.PageProtection == PAGE_EXECUTE),
 	};
 	bool allocated = true;
 	switch (a->Type) {

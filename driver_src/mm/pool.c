@@ -341,7 +341,7 @@ static bool pool2_kind(POOL_FLAGS flags, enum pool_kind *kind)
 static void *pool2_failed(POOL_FLAGS flags, uint64_t caller)
 {
 	if (flags & POOL_FLAG_RAISE_ON_FAILURE)
-		KeBugCheckEx(KMODE_EXCEPTION_NOT_HANDLED, STATUS_INSUFFICIENT_RESOURCES, caller, 0, 0);
+		KeBugCheckEx(KMODE_EXCEPTION_NOT_HANDLED, (ULONG)STATUS_INSUFFICIENT_RESOURCES, caller, 0, 0);
 	return 0;
 }
 
