@@ -156,8 +156,9 @@ bool mdl_cache_bits(MEMORY_CACHING_TYPE type, uint64_t *bits);
  * and non-RAM only with MDL_IO_SPACE (else 0xC4 0x89). */
 void mdl_check_mappable_pages(PMDL mdl);
 
-/* Leak counts (mm/mdl.c): pages locked by MmProbeAndLockPages, mapped by MmMapLockedPages*. */
-extern uint64_t mdl_locked_pages, mdl_mapped_pages;
+/* Leak counts (mm/mdl.c): pages locked by MmProbeAndLockPages, mapped by MmMapLockedPages* to
+ * system space, and (mm/mdl_map.c) to user space. */
+extern uint64_t mdl_locked_pages, mdl_mapped_pages, mdl_user_mapped_pages;
 
 /* DRIVER_VERIFIER_DETECTED_VIOLATION subcodes of the MDL family (ddi-spec §8, §13). */
 #define VERIFIER_PROBE_NOT_IN_PFN_DATABASE 0x6F /* Mdl, Pfn, HighestPfn */
@@ -166,6 +167,7 @@ extern uint64_t mdl_locked_pages, mdl_mapped_pages;
 #define VERIFIER_MAP_USER_IRQL 0x77             /* Irql, Mdl, AccessMode */
 #define VERIFIER_UNLOCK_IRQL 0x78               /* Irql, Mdl, 0 */
 #define VERIFIER_UNMAP_KERNEL_IRQL 0x79         /* Irql, VA, Mdl */
+#define VERIFIER_UNMAP_USER_IRQL 0x7A           /* Irql, VA, Mdl */
 #define VERIFIER_UNLOCK_NOT_LOCKED 0x7C         /* Mdl, MdlFlags, 0 */
 #define VERIFIER_UNLOCK_NONPAGED 0x7D           /* Mdl, MdlFlags, 0 */
 #define VERIFIER_ALLOCATE_PAGES_IRQL 0x7E       /* Irql, DISPATCH_LEVEL, 0 */

@@ -41,6 +41,8 @@ struct user_probe_result usermode_probe(uint64_t va, unsigned op, uint64_t value
 
 /* User views: count contiguous user pages of VA, their PTEs zero; 0 when none is free. */
 uint64_t user_view_reserve(uint64_t count);
+/* The same at a given page-aligned VA; 0 when the range leaves the views or any page is taken. */
+uint64_t user_view_reserve_at(uint64_t va, uint64_t count);
 void user_view_release(uint64_t va, uint64_t count);
 /* A user leaf (U/S, A and D preset, NX when the CPU has it), cache bits added by the caller. */
 uint64_t pte_user_leaf(uint64_t pa, bool writable);

@@ -92,6 +92,20 @@ uint64_t user_view_reserve(uint64_t count)
 	return 0;
 }
 
+uint64_t user_view_reserve_at(uint64_t va, uint64_t count)
+{
+	if (count == 0 || count > USER_VIEW_PAGES || va < USER_VIEW_BASE || va > USER_REGION_END - count * PAGE_SIZE ||
+	    !usermode_init())
+		return 0;
+	uint64_t first = (va - USER_VIEW_BASE) / PAGE_SIZE;
+	for (uint64_t i = 0; i < count; i++)
+		if (view_in_use[first + i])
+			return 0;
+	for (uint64_t i = 0; i < count; i++)
+		view_in_use[first + i] = true;
+	return va;
+}
+
 void user_view_release(uint64_t va, uint64_t count)
 {
 	uint64_t first = (va - USER_VIEW_BASE) / PAGE_SIZE;

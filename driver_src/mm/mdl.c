@@ -52,6 +52,7 @@ static void report_outstanding(void)
 	frame_decimal("mdl_allocated", live_mdl_count);
 	frame_decimal("mdl_locked_pages", mdl_locked_pages);
 	frame_decimal("mdl_mapped_pages", mdl_mapped_pages);
+	frame_decimal("mdl_user_mapped_pages", mdl_user_mapped_pages);
 	frame_decimal("mdl_allocated_pages", mdl_allocated_pages);
 }
 OUTSTANDING_REPORTER(report_outstanding);

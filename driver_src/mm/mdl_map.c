@@ -6,6 +6,7 @@
 #include "frames.h"
 #include "pagetable.h"
 #include "syspte.h"
+#include "usermode.h"
 
 #define PRIORITY_FLAGS (MdlMappingNoWrite | MdlMappingNoExecute)
 
@@ -60,25 +61,110 @@ void mdl_check_mappable_pages(PMDL mdl)
 }
 
 /*
- * [DECISION] AccessMode UserMode: this kernel has no user address spaces, so the call "raises"
- * STATUS_NOT_SUPPORTED (mdl_raised_status) and returns NULL. Kernel mappings are always NX
- * (MdlMappingNoExecute is a no-op); MdlMappingNoWrite clears RW. BugCheckOnFailure TRUE without
- * MDL_MAPPING_CAN_FAIL bugchecks NO_MORE_SYSTEM_PTES when the mapping fails (the verifier's 0x82,
- * which would fire on every such call, is not raised, so that §8.7 test 5 can see 0x3F).
+ * User mappings (§8.7): views in the one user address space (usermode.h), recorded here since
+ * an MDL may have any number of them and NT keeps none in the MDL itself (no flag, no
+ * MappedSystemVa). [DECISION] a full table is "out of address space", like the views running out.
+ */
+#define USER_MAPPINGS_MAX 64
+
+struct user_mapping {
+	uint64_t va; /* page aligned; 0 marks a free slot */
+	uint64_t pages;
+	PMDL mdl;
+};
+
+static struct user_mapping user_mappings[USER_MAPPINGS_MAX];
+uint64_t mdl_user_mapped_pages;
+
+/* The slot of mdl's user mapping at va; va 0 finds a free slot. */
+static struct user_mapping *user_mapping_of(uint64_t va, PMDL mdl)
+{
+	for (unsigned i = 0; i < USER_MAPPINGS_MAX; i++)
+		if (user_mappings[i].va == va && user_mappings[i].mdl == mdl)
+			return &user_mappings[i];
+	return 0;
+}
+
+/*
+ * [DECISION] (§8.7) AccessMode UserMode: the MDL must be locked, partial or nonpaged-built
+ * (0xC4 0xB3 otherwise); it may be mapped to system space and to user space any number of times.
+ * Failures "raise" (mdl_raised_status, NULL returned): an unknown caching type
+ * STATUS_INVALID_PARAMETER_3, no room STATUS_INSUFFICIENT_RESOURCES, a RequestedAddress (rounded
+ * down to its page) outside the user views or overlapping a live view STATUS_CONFLICTING_ADDRESSES.
+ * The pages are U/S, always NX (when the CPU has NX), read-only with MdlMappingNoWrite, cached as
+ * asked; BugCheckOnFailure does not apply.
+ */
+static PVOID map_user(PMDL mdl, MEMORY_CACHING_TYPE cache_type, uint64_t requested, ULONG priority)
+{
+	uint16_t flags = (uint16_t)mdl->MdlFlags;
+	if (!(flags & (MDL_PAGES_LOCKED | MDL_PARTIAL | MDL_SOURCE_IS_NONPAGED_POOL)))
+		verifier_violation(VERIFIER_MAP_MISSING_FLAGS, (uint64_t)mdl, flags, MDL_PAGES_LOCKED);
+	if (!(flags & MDL_SOURCE_IS_NONPAGED_POOL))
+		mdl_check_mappable_pages(mdl);
+	uint64_t pages = MmGetMdlPageCount(mdl), cache;
+	if (!mdl_cache_bits(cache_type, &cache)) {
+		mdl_raised_status = STATUS_INVALID_PARAMETER_3;
+		return NULL;
+	}
+	struct user_mapping *slot = user_mapping_of(0, 0);
+	uint64_t va = 0;
+	if (requested) {
+		va = user_view_reserve_at((uint64_t)PAGE_ALIGN(requested), pages);
+		if (!va) {
+			mdl_raised_status = STATUS_CONFLICTING_ADDRESSES;
+			return NULL;
+		}
+	} else if (slot) {
+		va = user_view_reserve(pages);
+	}
+	if (!slot || !va) {
+		if (va)
+			user_view_release(va, pages);
+		mdl_raised_status = STATUS_INSUFFICIENT_RESOURCES;
+		return NULL;
+	}
+	PPFN_NUMBER pfns = MmGetMdlPfnArray(mdl);
+	bool writable = !(priority & MdlMappingNoWrite);
+	for (uint64_t i = 0; i < pages && pfns[i] != MDL_PFN_END; i++)
+		user_map_page(va + i * PAGE_SIZE, pte_user_leaf(pfns[i] << PAGE_SHIFT, writable) | cache);
+	*slot = (struct user_mapping){.va = va, .pages = pages, .mdl = mdl};
+	mdl_user_mapped_pages += pages;
+	return (PVOID)(va + mdl->ByteOffset);
+}
+
+/* [DECISION] (§8.7): the address must be one this MDL's user mapping returned (page-wise), else 0xC4 0xB9. */
+static void unmap_user(uint64_t va, PMDL mdl)
+{
+	KIRQL irql = KeGetCurrentIrql();
+	if (irql > APC_LEVEL)
+		verifier_violation(VERIFIER_UNMAP_USER_IRQL, irql, va, (uint64_t)mdl);
+	struct user_mapping *m = PAGE_ALIGN(va) ? user_mapping_of((uint64_t)PAGE_ALIGN(va), mdl) : 0;
+	if (!m)
+		verifier_violation(VERIFIER_UNMAP_BAD_USER_ADDRESS, va, (uint64_t)mdl, 0);
+	for (uint64_t i = 0; i < m->pages; i++)
+		user_unmap_page(m->va + i * PAGE_SIZE);
+	user_view_release(m->va, m->pages);
+	mdl_user_mapped_pages -= m->pages;
+	*m = (struct user_mapping){0};
+}
+
+/*
+ * Kernel mappings are always NX (MdlMappingNoExecute is a no-op); MdlMappingNoWrite clears RW.
+ * BugCheckOnFailure TRUE without MDL_MAPPING_CAN_FAIL bugchecks NO_MORE_SYSTEM_PTES when the
+ * mapping fails (the verifier's 0x82, which would fire on every such call, is not raised, so that
+ * §8.7 test 5 can see 0x3F).
  */
 PVOID MmMapLockedPagesSpecifyCache(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode,
 				   MEMORY_CACHING_TYPE CacheType, PVOID RequestedAddress, ULONG BugCheckOnFailure,
 				   ULONG Priority)
 {
 	PMDL mdl = MemoryDescriptorList;
-	(void)RequestedAddress;
 	KIRQL irql = KeGetCurrentIrql();
 	mdl_raised_status = STATUS_SUCCESS;
 	if (AccessMode != KernelMode) {
 		if (irql > APC_LEVEL)
 			verifier_violation(VERIFIER_MAP_USER_IRQL, irql, (uint64_t)mdl, AccessMode);
-		mdl_raised_status = STATUS_NOT_SUPPORTED;
-		return NULL;
+		return map_user(mdl, CacheType, (uint64_t)RequestedAddress, Priority);
 	}
 	if (irql > DISPATCH_LEVEL)
 		verifier_violation(VERIFIER_MAP_KERNEL_IRQL, irql, (uint64_t)mdl, AccessMode);
@@ -112,7 +198,8 @@ PVOID MmMapLockedPagesSpecifyCache(PMDL MemoryDescriptorList, KPROCESSOR_MODE Ac
 }
 
 /*
- * [DECISION] (§8.7): an MDL that is not mapped is SYSTEM_PTE_MISUSE 0x06, a BaseAddress in
+ * [DECISION] (§8.7): a user address (at most MM_HIGHEST_USER_ADDRESS) is a user unmap; for a
+ * system one, an MDL that is not mapped is SYSTEM_PTE_MISUSE 0x06, a BaseAddress in
  * another page than MappedSystemVa 0x03; a partial MDL only unmaps its own mapping (0xB5 for
  * one it inherited from its source).
  */
@@ -122,8 +209,10 @@ void MmUnmapLockedPages(PVOID BaseAddress, PMDL MemoryDescriptorList)
 	uint64_t va = (uint64_t)BaseAddress, pages = MmGetMdlPageCount(mdl);
 	uint16_t flags = (uint16_t)mdl->MdlFlags;
 	KIRQL irql = KeGetCurrentIrql();
-	if (va <= MM_HIGHEST_USER_ADDRESS)
-		verifier_violation(VERIFIER_UNMAP_BAD_USER_ADDRESS, va, (uint64_t)mdl, 0);
+	if (va <= MM_HIGHEST_USER_ADDRESS) {
+		unmap_user(va, mdl);
+		return;
+	}
 	if (irql > DISPATCH_LEVEL)
 		verifier_violation(VERIFIER_UNMAP_KERNEL_IRQL, irql, va, (uint64_t)mdl);
 	if (!(flags & MDL_MAPPED_TO_SYSTEM_VA))

@@ -2,8 +2,11 @@
  * MmGetVirtualForPhysical (ddi-spec §5): the system VA through which a RAM page is primarily
  * mapped. [DECISION] (§5) by the frame's owner: a contiguous allocation answers with its own
  * mapping, a pool page with its pool VA (found by scanning the pool's page tables, since the PFN
- * database keeps no back-pointer), a kernel-image page with its image VA, and any other RAM frame
- * with its physmap VA; a PA that is not RAM (I/O space, holes) answers NULL.
+ * database keeps no back-pointer), a kernel-image page with its image VA. Every other RAM frame
+ * answers its physmap VA, the kernel's direct map being the one system mapping all RAM has:
+ * frames with no owner mapping (DXGK contiguous objects, which hold PFN_CONTIGUOUS frames without
+ * an allocation record; MDL pages, whose MDL mappings are secondary) included. A PA that is not
+ * RAM (I/O space, holes) answers NULL.
  */
 #include "contiguous.h"
 #include "layout.h"
@@ -43,8 +46,10 @@ PVOID MmGetVirtualForPhysical(PHYSICAL_ADDRESS PhysicalAddress)
 		page_va = KERNEL_VIRT_OFFSET + (pfn << PAGE_SHIFT);
 		break;
 	default:
-		page_va = (uint64_t)phys_to_virt(pfn << PAGE_SHIFT);
+		page_va = 0;
 		break;
 	}
-	return page_va ? (PVOID)(page_va + offset) : 0;
+	if (!page_va)
+		page_va = (uint64_t)phys_to_virt(pfn << PAGE_SHIFT);
+	return (PVOID)(page_va + offset);
 }

@@ -66,7 +66,9 @@ MM_ALLOCATE_AND_HOT_REMOVE = 0x100
 
 STATUS_SUCCESS = 0x0000_0000
 STATUS_ACCESS_VIOLATION = 0xC000_0005
-STATUS_NOT_SUPPORTED = 0xC000_00BB
+STATUS_CONFLICTING_ADDRESSES = 0xC000_0018
+STATUS_INSUFFICIENT_RESOURCES = 0xC000_009A
+STATUS_INVALID_PARAMETER_3 = 0xC000_00F1
 
 _HEADER = struct.Struct("<QhhHHQQQII")
 assert _HEADER.size == MDL_HEADER_SIZE
@@ -187,7 +189,7 @@ class MdlDdis(DdiFamily):
     def MmMapLockedPagesSpecifyCache(self, mdl: int, access_mode: int, cache_type: int, requested_address: int = 0,
                                      bug_check_on_failure: bool = False,
                                      priority: int = NORMAL_PAGE_PRIORITY) -> int:
-        """The mapped VA or 0; raises NtRaisedStatus where NT raises (UserMode: STATUS_NOT_SUPPORTED here)."""
+        """The mapped VA or 0; raises NtRaisedStatus where NT raises (UserMode failures, docs/ddi/mdl.md)."""
         values = self._call("MmMapLockedPagesSpecifyCache", mdl, access_mode, cache_type & 0xFFFF_FFFF,
                             requested_address, int(bug_check_on_failure), priority)
         raised = self._int(values, "raised")

@@ -44,7 +44,9 @@ from harness.ddi.mdl import (
     MM_WRITE_COMBINED,
     NORMAL_PAGE_PRIORITY,
     STATUS_ACCESS_VIOLATION,
-    STATUS_NOT_SUPPORTED,
+    STATUS_CONFLICTING_ADDRESSES,
+    STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_INVALID_PARAMETER_3,
     TAG_MDL,
     USER_MODE,
     Mdl,
@@ -53,6 +55,7 @@ from harness.ddi.mdl import (
     size_of_mdl,
     span_pages,
 )
+from harness.ddi.usermode import USER_VIEW_BASE
 from harness.guest import NON_PAGED_POOL_NX
 from harness.oracle.paging import MemoryType
 from harness.oracle.walker import Attr
@@ -673,16 +676,228 @@ def test_8_7_06_unlock_of_a_mapped_mdl_unmaps_it(vm: Vm) -> None:
         vm.mm.IoFreeMdl(mdl)
 
 
-def test_8_7_user_mode_mapping_raises_not_supported(vm: Vm) -> None:
-    """[DECISION] no user address spaces here: the documented "user-mode failure raises" with
-    STATUS_NOT_SUPPORTED, and the MDL is untouched."""
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
-    before = read_mdl(vm.verify, mdl)
-    with pytest.raises(NtRaisedStatus) as raised:
-        vm.mm.MmMapLockedPagesSpecifyCache(mdl, USER_MODE, MM_CACHED, 0, False, NORMAL_PAGE_PRIORITY)
-    assert raised.value.status == STATUS_NOT_SUPPORTED
-    assert read_mdl(vm.verify, mdl) == before
+# -- §8.7 user mappings (the one user address space of docs/ddi/usermode.md) ----------------------------------
+
+USER_HALF_END = 0x0000_8000_0000_0000
+USER_VIEW_PAGES = 512
+PAGE_FAULT = 14
+PF_ERR_P, PF_ERR_W, PF_ERR_US = 0x1, 0x2, 0x4
+
+
+def user_map(vm: Vm, mdl: int, cache: int = MM_CACHED, priority: int = NORMAL_PAGE_PRIORITY,
+             requested: int = 0) -> int:
+    va = vm.mm.MmMapLockedPagesSpecifyCache(mdl, USER_MODE, cache, requested, False, priority)
+    assert 0 < va < USER_HALF_END, f"a user mapping at {va:#x}"
+    return va
+
+
+def user_unmap(vm: Vm, va: int, mdl: int) -> None:
+    """MmUnmapLockedPages of a user mapping, then the host proves every page of it gone."""
+    m = read_mdl(vm.verify, mdl)
+    vm.mm.MmUnmapLockedPages(va, mdl)
+    vm.verify.assert_unmapped(va & ~(PAGE - 1), m.page_count * PAGE)
+
+
+def assert_user_mapping_matches(vm: Vm, va: int, mdl: Mdl, *, writable: bool = True, cache: int = MM_CACHED) -> None:
+    """Each leaf PTE: present, U/S=1, the PFN the host read in the MDL, RW as asked, NX (when the CPU has it),
+    PWT/PCD/PAT as §2.5 says; the walk of every level through assert_mapped (U/S on every level, PAT type)."""
+    assert va & (PAGE - 1) == mdl.byte_offset, "the mapping keeps the MDL's byte offset"
+    pfns = [p for p in mdl.pfns if p != MDL_PFN_END]
+    first = va & ~(PAGE - 1)
+    nx = nx_enabled(vm)
+    vm.verify.assert_mapped(first, len(pfns) * PAGE, pfns=pfns, writable=writable, user=True, executable=not nx,
+                            cache=CACHE_MEMORY_TYPE[cache])
+    wanted_bits = {MM_CACHED: 0, MM_WRITE_COMBINED: 0x08, MM_NON_CACHED: 0x18}[cache]
+    entries = vm.verify.leaf_entries(first, len(pfns) * PAGE)
+    assert len(entries) == len(pfns)
+    for i, ((_, entry), pfn) in enumerate(zip(entries, pfns, strict=True)):
+        page_va = first + i * PAGE
+        assert entry & 0x1 and entry & 0x4, f"{page_va:#x}: PTE {entry:#x} not present or not U/S"
+        assert (entry >> 12) & 0xFF_FFFF_FFFF == pfn, f"{page_va:#x}: PTE {entry:#x}, PFN {pfn:#x} wanted"
+        assert bool(entry & 0x2) == writable, f"{page_va:#x}: PTE {entry:#x} RW"
+        assert entry & 0x98 == wanted_bits, f"PTE {entry:#x}: PWT/PCD/PAT bits, expected {wanted_bits:#x}"
+        assert bool(entry >> 63) == nx
+        assert vm.qemu.gva2gpa(page_va) == pfn << 12
+
+
+def assert_ring3_sees_the_pages(vm: Vm, va: int, mdl: Mdl) -> None:
+    """Ring 3 writes a distinct qword into each page of the mapping and the host finds it at the page's PA in guest
+    RAM; the host plants another at the PA and ring 3 reads it back through the mapping."""
+    pfns = [p for p in mdl.pfns if p != MDL_PFN_END]
+    first = va & ~(PAGE - 1)
+    for i, pfn in enumerate(pfns):
+        offset = (mdl.byte_offset + 8) & 0xFF8 if i == 0 else 0x10 * i + 8
+        value = 0x5EED_0000_0000_0000 | (pfn << 8) | i
+        written = vm.mm.user_probe_write(first + i * PAGE + offset, value)
+        assert written.completed, f"ring-3 write to page {i}: vector {written.vector} error {written.error:#x}"
+        assert vm.qemu.xp((pfn << 12) + offset, 1)[0] == value, f"page {i}: the write is not at PFN {pfn:#x}"
+        planted = value ^ 0xFFFF_0000_FFFF_0000
+        vm.verify.host_write(vm.mm.kernel_info().physmap_base + (pfn << 12) + offset + 8, planted.to_bytes(8, "little"))
+        read = vm.mm.user_probe_read(first + i * PAGE + offset + 8)
+        assert read.completed and read.value == planted
+
+
+@pytest.mark.parametrize("cache", [MM_CACHED, MM_NON_CACHED, MM_WRITE_COMBINED])
+def test_8_7_user_mode_mapping_of_a_probed_buffer(vm: Vm, cache: int) -> None:
+    """A 3-page locked MDL at offset 0x123: a user VA with the offset, U/S leaves on the MDL's PFNs, RW, NX, the
+    caching asked; ring 3 and the host agree on the data; the MDL itself is not touched (no system-VA flag)."""
+    with pool_buffer(vm, 3) as buf:
+        mdl = vm.mm.IoAllocateMdl(buf + 0x123, 3 * PAGE - 0x200)
+        vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
+        before = read_mdl(vm.verify, mdl)
+        assert before.pfns == tuple(host_pfns(vm, buf + 0x123, 3 * PAGE - 0x200))
+        va = user_map(vm, mdl, cache)
+        assert read_mdl(vm.verify, mdl) == before
+        assert vm.mm.outstanding()["mdl_user_mapped_pages"] >= 3
+        assert_user_mapping_matches(vm, va, before, cache=cache)
+        assert_ring3_sees_the_pages(vm, va, before)
+        user_unmap(vm, va, mdl)
+        result = vm.mm.user_probe_read(va)
+        assert not result.completed and result.vector == PAGE_FAULT and result.address == va
+        assert result.error & (PF_ERR_P | PF_ERR_US) == PF_ERR_US, "not present after the unmap"
+        vm.mm.MmUnlockPages(mdl)
+        vm.mm.IoFreeMdl(mdl)
+
+
+def test_8_7_user_mode_mapping_no_write_is_read_only_for_ring3(vm: Vm) -> None:
+    """MdlMappingNoWrite: RW=0; ring 3 reads, and its write takes a protection fault (P=1, W=1, U=1) as a result."""
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, 2 * PAGE, MM_CACHED, 0)
+    m = read_mdl(vm.verify, mdl)
+    va = user_map(vm, mdl, priority=NORMAL_PAGE_PRIORITY | MDL_MAPPING_NO_WRITE | MDL_MAPPING_NO_EXECUTE)
+    assert_user_mapping_matches(vm, va, m, writable=False)
+    assert vm.mm.user_probe_read(va + PAGE).completed
+    result = vm.mm.user_probe_write(va + PAGE, 1)
+    assert not result.completed and result.vector == PAGE_FAULT and result.address == va + PAGE
+    assert result.error & (PF_ERR_P | PF_ERR_W | PF_ERR_US) == PF_ERR_P | PF_ERR_W | PF_ERR_US
+    assert vm.qemu.xp(m.pfns[1] << 12, 1)[0] == 0, "the page stays as MmAllocatePagesForMdlEx zeroed it"
+    user_unmap(vm, va, mdl)
     free_pages_mdl(vm, mdl)
+
+
+def test_8_7_user_mappings_coexist_with_each_other_and_the_system_mapping(vm: Vm) -> None:
+    """NT keeps no user mapping in the MDL: two user views and the system one at once, on the same frames; unmapping
+    one leaves the others as they were."""
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, 2 * PAGE, MM_CACHED, 0)
+    first = user_map(vm, mdl)
+    system = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+    second = user_map(vm, mdl)
+    m = read_mdl(vm.verify, mdl)
+    assert m.mdl_flags & MDL_MAPPED_TO_SYSTEM_VA and m.mapped_system_va == system
+    assert len({first & ~0xFFF, second & ~0xFFF}) == 2
+    assert abs(first - second) >= 2 * PAGE, "the two user views overlap"
+    assert_user_mapping_matches(vm, first, m)
+    assert_user_mapping_matches(vm, second, m)
+    assert_mapping_matches(vm, system, m)
+    assert vm.mm.user_probe_write(first + 0x20, 0x1122_3344).completed
+    assert vm.mm.user_probe_read(second + 0x20).value == 0x1122_3344
+    user_unmap(vm, first, mdl)
+    assert_user_mapping_matches(vm, second, m)
+    assert_mapping_matches(vm, system, m)
+    user_unmap(vm, second, mdl)
+    vm.mm.MmUnmapLockedPages(system, mdl)
+    vm.verify.assert_unmapped(system, 2 * PAGE)
+    free_pages_mdl(vm, mdl)
+
+
+def test_8_7_user_mode_requested_address_is_rounded_down(vm: Vm) -> None:
+    """RequestedAddress (user mode only) rounds down to its page; [DECISION] one that is taken or outside the user
+    views raises STATUS_CONFLICTING_ADDRESSES and changes nothing."""
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, 2 * PAGE, MM_CACHED, 0)
+    wanted = USER_VIEW_BASE + 0x100 * PAGE
+    va = user_map(vm, mdl, requested=wanted + 0x456)
+    assert va == wanted
+    assert_user_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
+    before = vm.mm.outstanding()
+    for taken in (wanted, wanted + PAGE - 1, wanted - PAGE, USER_VIEW_BASE + (USER_VIEW_PAGES - 1) * PAGE,
+                  0x7000_0000, 0x1000):
+        with pytest.raises(NtRaisedStatus) as raised:
+            vm.mm.MmMapLockedPagesSpecifyCache(mdl, USER_MODE, MM_CACHED, taken, False, NORMAL_PAGE_PRIORITY)
+        assert raised.value.status == STATUS_CONFLICTING_ADDRESSES, f"requested {taken:#x}"
+    assert vm.mm.outstanding() == before
+    user_unmap(vm, va, mdl)
+    free_pages_mdl(vm, mdl)
+
+
+def test_8_7_user_mode_mapping_of_a_nonpaged_built_mdl(vm: Vm) -> None:
+    """User mappings also take nonpaged-built MDLs (§8.7), which kernel mappings refuse."""
+    with pool_buffer(vm, 1) as buf:
+        mdl = vm.mm.IoAllocateMdl(buf + 0x40, 0x100)
+        vm.mm.MmBuildMdlForNonPagedPool(mdl)
+        m = read_mdl(vm.verify, mdl)
+        assert m.mdl_flags & MDL_SOURCE_IS_NONPAGED_POOL
+        va = user_map(vm, mdl)
+        assert va & 0xFFF == 0x40
+        assert_user_mapping_matches(vm, va, m)
+        assert_ring3_sees_the_pages(vm, va, m)
+        user_unmap(vm, va, mdl)
+        vm.mm.IoFreeMdl(mdl)
+
+
+def test_8_7_user_mode_failures_raise(vm: Vm) -> None:
+    """[DECISION] an unknown caching type raises STATUS_INVALID_PARAMETER_3; more pages than the user views hold
+    raise STATUS_INSUFFICIENT_RESOURCES (BugCheckOnFailure does not apply to user mappings); nothing changes."""
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, (USER_VIEW_PAGES + 1) * PAGE, MM_CACHED, 0)
+    m = read_mdl(vm.verify, mdl)
+    assert m.page_count == USER_VIEW_PAGES + 1
+    before = vm.mm.outstanding()
+    for cache in (MM_MAXIMUM_CACHE_TYPE, MM_NOT_MAPPED):
+        with pytest.raises(NtRaisedStatus) as raised:
+            vm.mm.MmMapLockedPagesSpecifyCache(mdl, USER_MODE, cache, 0, False, NORMAL_PAGE_PRIORITY)
+        assert raised.value.status == STATUS_INVALID_PARAMETER_3
+    for bug_check_on_failure in (False, True):
+        with pytest.raises(NtRaisedStatus) as raised:
+            vm.mm.MmMapLockedPagesSpecifyCache(mdl, USER_MODE, MM_CACHED, 0, bug_check_on_failure,
+                                               HIGH_PAGE_PRIORITY)
+        assert raised.value.status == STATUS_INSUFFICIENT_RESOURCES
+    assert vm.mm.outstanding() == before
+    assert read_mdl(vm.verify, mdl) == m
+    free_pages_mdl(vm, mdl)
+
+
+def test_8_7_user_mode_map_and_unmap_at_apc_level(vm: Vm) -> None:
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    with vm.mm.at_irql(APC_LEVEL):
+        va = user_map(vm, mdl)
+        assert_user_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
+        user_unmap(vm, va, mdl)
+        free_pages_mdl(vm, mdl)
+
+
+def test_8_7_user_mode_unmap_above_apc_bugchecks_0xc4_0x7a(fresh_vm: Vm) -> None:
+    vm = fresh_vm
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    va = user_map(vm, mdl)
+    assert_user_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
+    vm.mm.KeRaiseIrql(DISPATCH_LEVEL)
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x7A, DISPATCH_LEVEL, va, mdl):
+        vm.mm.MmUnmapLockedPages(va, mdl)
+
+
+def test_8_7_user_mode_unmap_with_another_mdl_bugchecks_0xc4_0xb9(fresh_vm: Vm) -> None:
+    """The user VA must be one this MDL's user mapping returned."""
+    vm = fresh_vm
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    other = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    va = user_map(vm, mdl)
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0xB9, va, other, 0):
+        vm.mm.MmUnmapLockedPages(va, other)
+
+
+def test_8_7_user_mode_double_unmap_bugchecks_0xc4_0xb9(fresh_vm: Vm) -> None:
+    vm = fresh_vm
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    va = user_map(vm, mdl)
+    user_unmap(vm, va, mdl)
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0xB9, va, mdl, 0):
+        vm.mm.MmUnmapLockedPages(va, mdl)
+
+
+def test_8_7_user_mode_mapping_of_an_unlocked_mdl_bugchecks_0xc4_0xb3(fresh_vm: Vm) -> None:
+    vm = fresh_vm
+    buf = vm.mm.ExAllocatePoolWithTag(NON_PAGED_POOL_NX, PAGE, TAG)
+    mdl = vm.mm.IoAllocateMdl(buf, 0x100)
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0xB3, mdl, 0, MDL_PAGES_LOCKED):
+        vm.mm.MmMapLockedPagesSpecifyCache(mdl, USER_MODE, MM_CACHED, 0, False, NORMAL_PAGE_PRIORITY)
 
 
 def test_8_7_user_mode_mapping_above_apc_bugchecks_0xc4_0x77(fresh_vm: Vm) -> None:
