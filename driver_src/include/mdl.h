@@ -152,6 +152,8 @@ PVOID MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority);
 /* For every family that maps MDL pages (reserved mappings, DXGK): */
 /* the PTE cache bits of a caching type (§2.5); false for types outside 0..5. */
 bool mdl_cache_bits(MEMORY_CACHING_TYPE type, uint64_t *bits);
+/* Whether mdl has a live user mapping: its pages may then be neither freed nor unlocked (0xC4 0xB8). */
+bool mdl_user_mapped(PMDL mdl);
 /* Each page up to the span or MDL_PFN_END must be locked or allocated for an MDL (else 0xC4 0x85),
  * and non-RAM only with MDL_IO_SPACE (else 0xC4 0x89). */
 void mdl_check_mappable_pages(PMDL mdl);

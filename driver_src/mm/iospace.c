@@ -5,6 +5,7 @@
  * both exactly as the map call returned and was given, else SYSTEM_PTE_MISUSE 0x400. Mapping a
  * RAM frame that is not locked for I/O is MEMORY_MANAGEMENT 0x1233 (P2 the PFN), as NT does:
  * RAM belongs to its owner, and only an MDL lock keeps the owner from freeing it under the mapping.
+ * Pages of MmAllocatePagesForMdl(Ex) count as locked, as they do for the MDL mappings (mdl_map.c).
  */
 #include "iospace.h"
 #include "bugcodes.h"
@@ -104,7 +105,8 @@ static PVOID map_io(uint64_t pa, uint64_t bytes, enum protection protection, MEM
 	uint64_t pages = span_pages(pa, bytes), first_pfn = pa >> PAGE_SHIFT;
 	for (uint64_t i = 0; i < pages; i++) {
 		pfn_t pfn = first_pfn + i;
-		if (frame_state(pfn) != PFN_NOT_RAM && !frame_lock_count(pfn))
+		enum pfn_state state = frame_state(pfn);
+		if (state != PFN_NOT_RAM && state != PFN_MDL_PAGES && !frame_lock_count(pfn))
 			KeBugCheckEx(MEMORY_MANAGEMENT, MM_LOCK_UNUSABLE_PAGE, pfn, 0, 0);
 	}
 	struct io_mapping *slot = free_slot();

@@ -120,7 +120,7 @@ void IoFreeMdl(PMDL Mdl)
 {
 	verifier_require_irql_at_most(DISPATCH_LEVEL);
 	/* A partial MDL's own mapping is released here; any other mapping must be gone already. */
-	if ((Mdl->MdlFlags & MDL_MAPPED_TO_SYSTEM_VA) && !(Mdl->MdlFlags & MDL_PARTIAL))
+	if (((Mdl->MdlFlags & MDL_MAPPED_TO_SYSTEM_VA) && !(Mdl->MdlFlags & MDL_PARTIAL)) || mdl_user_mapped(Mdl))
 		verifier_violation(VERIFIER_FREE_MAPPED_MDL, (uint64_t)Mdl, (uint16_t)Mdl->MdlFlags, 0);
 	MmPrepareMdlForReuse(Mdl);
 	forget_mdl(Mdl);
@@ -230,6 +230,8 @@ void MmUnlockPages(PMDL MemoryDescriptorList)
 		verifier_violation(VERIFIER_UNLOCK_PARTIAL, (uint64_t)mdl, flags, MDL_PARTIAL);
 	if (!(flags & MDL_PAGES_LOCKED))
 		verifier_violation(VERIFIER_UNLOCK_NOT_LOCKED, (uint64_t)mdl, flags, 0);
+	if (mdl_user_mapped(mdl))
+		verifier_violation(VERIFIER_FREE_MAPPED_MDL, (uint64_t)mdl, flags, 0);
 	if (flags & MDL_MAPPED_TO_SYSTEM_VA)
 		MmUnmapLockedPages(mdl->MappedSystemVa, mdl);
 	uint64_t pages = MmGetMdlPageCount(mdl);
@@ -376,6 +378,8 @@ void MmFreePagesFromMdl(PMDL MemoryDescriptorList)
 {
 	PMDL mdl = MemoryDescriptorList;
 	verifier_require_irql_at_most(DISPATCH_LEVEL);
+	if (mdl_user_mapped(mdl))
+		verifier_violation(VERIFIER_FREE_MAPPED_MDL, (uint64_t)mdl, (uint16_t)mdl->MdlFlags, 0);
 	/* Windows 7+: a mapping from MmGetSystemAddressForMdlSafe goes with the pages. */
 	if (mdl->MdlFlags & MDL_MAPPED_TO_SYSTEM_VA)
 		MmUnmapLockedPages(mdl->MappedSystemVa, mdl);

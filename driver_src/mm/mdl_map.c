@@ -85,6 +85,14 @@ static struct user_mapping *user_mapping_of(uint64_t va, PMDL mdl)
 	return 0;
 }
 
+bool mdl_user_mapped(PMDL mdl)
+{
+	for (unsigned i = 0; i < USER_MAPPINGS_MAX; i++)
+		if (user_mappings[i].va && user_mappings[i].mdl == mdl)
+			return true;
+	return false;
+}
+
 /*
  * [DECISION] (§8.7) AccessMode UserMode: the MDL must be locked, partial or nonpaged-built
  * (0xC4 0xB3 otherwise); it may be mapped to system space and to user space any number of times.

@@ -1,4 +1,5 @@
 """I/O space (ddi-spec §9), MmGetPhysicalAddress of I/O mappings (§3 item 6) and MmGetVirtualForPhysical (§5).
+RAM is mapped too, once an MDL has locked it (pool pages probed and locked, MmAllocatePagesForMdl pages).
 
 Every mapping is checked from the host: each leaf PTE's PFN, RW, U/S, NX and memory type (PWT/PCD/PAT
 against the IA32_PAT the guest reports), and every unmap leaves the PTEs zero with gva2gpa agreeing.
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from harness.ddi.dxgk import CachingType
 from harness.ddi.iospace import (
     MM_CACHED,
     MM_HARDWARE_COHERENT_CACHED,
@@ -33,6 +35,7 @@ from harness.ddi.iospace import (
     PAGE_WRITECOPY,
 )
 from harness.ddi.irql import DISPATCH_LEVEL, HIGH_LEVEL
+from harness.ddi.mdl import IO_WRITE_ACCESS, KERNEL_MODE, MDL_PFN_END, TAG_MDL, read_mdl
 from harness.guest import NON_PAGED_POOL_NX
 from harness.oracle.paging import PAT_GUEST, PTE_PAT_4K, PTE_PCD, PTE_PWT, MemoryType, decode_pat_msr
 from harness.testing import expect_stop
@@ -298,6 +301,90 @@ def test_9_mapping_an_unlocked_ram_page_bugchecks_0x1a_0x1233(fresh_vm: Vm) -> N
         fresh_vm.mm.MmMapIoSpace(pa, 0x1000, MM_CACHED)
 
 
+@contextmanager
+def locked_pool(vm: Vm, pages: int) -> Iterator[tuple[int, int, list[int]]]:
+    """Pool pages locked by IoAllocateMdl + MmProbeAndLockPages: (buffer VA, MDL, the PFNs the host read in the
+    MDL, which equal the host's own walk of the buffer). Unlocked and freed when the block ends normally."""
+    buf = vm.mm.ExAllocatePoolWithTag(NON_PAGED_POOL_NX, pages * 0x1000, TAG)
+    assert buf and buf & 0xFFF == 0
+    mdl = vm.mm.IoAllocateMdl(buf, pages * 0x1000)
+    vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
+    pfns = list(read_mdl(vm.verify, mdl).pfns)
+    assert [p << 12 for p in pfns] == [vm.verify.walk(buf + k * 0x1000).pa for k in range(pages)]
+    yield buf, mdl, pfns
+    vm.mm.MmUnlockPages(mdl)
+    vm.mm.IoFreeMdl(mdl)
+    vm.mm.ExFreePoolWithTag(buf, TAG)
+
+
+@pytest.mark.parametrize("cache_type", sorted(CACHE_TYPES))
+def test_9_locked_pool_pages_map_with_every_caching_type(vm: Vm, cache_type: int) -> None:
+    """Each locked page mapped through its PA (one with a byte offset): leaves with its PFN, RW, NX, kernel-only and
+    the caching type's bits; the data is the pool buffer's both ways, and MmGetPhysicalAddress gives the PA back."""
+    require_guest_pat(vm)
+    with locked_pool(vm, 2) as (buf, _, pfns):
+        for k, pfn in enumerate(pfns):
+            offset = 0x10 if k == 0 else 0
+            pa, length = (pfn << 12) + offset, 0x1000 - offset
+            before = vm.mm.outstanding()
+            with io_mapping(vm, pa, length, cache_type) as va:
+                assert va & 0xFFF == offset
+                assert_device_leaves(vm, va, pa, length, cache=CACHE_TYPES[cache_type])
+                assert vm.mm.MmGetPhysicalAddress(va + 0x20) == pa + 0x20 == vm.qemu.gva2gpa(va + 0x20)
+                planted = bytes((k * 16 + i) & 0xFF for i in range(16))
+                vm.verify.host_write(buf + k * 0x1000 + 0x100, planted)
+                assert vm.mm.read_va(va - offset + 0x100, 16) == planted, "the mapping reads the pool page"
+                written = bytes(0xFF - b for b in planted)
+                vm.mm.write_va(va - offset + 0x200, written)
+                assert vm.verify.host_read(buf + k * 0x1000 + 0x200, 16) == written
+                assert vm.qemu.xp((pfn << 12) + 0x200, 2) == [int.from_bytes(written[i:i + 8], "little")
+                                                               for i in (0, 8)]
+            assert vm.mm.outstanding() == before
+
+
+def test_9_mdl_allocated_pages_count_as_locked(vm: Vm) -> None:
+    """[DECISION] pages of MmAllocatePagesForMdlEx are locked by their MDL (as for the MDL mappings, §8.7)."""
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, 0x1000, MM_CACHED, 0)
+    pfn = read_mdl(vm.verify, mdl).pfns[0]
+    assert pfn != MDL_PFN_END
+    with io_mapping(vm, pfn << 12, 0x1000, MM_CACHED) as va:
+        assert_device_leaves(vm, va, pfn << 12, 0x1000, cache=MemoryType.WB)
+    vm.mm.MmFreePagesFromMdl(mdl)
+    vm.mm.ExFreePoolWithTag(mdl, TAG_MDL)
+
+
+def test_9_ram_page_unlocked_again_bugchecks_0x1a_0x1233(fresh_vm: Vm) -> None:
+    """Locked, it maps; after MmUnlockPages the same PA is unlocked RAM again."""
+    vm = fresh_vm
+    buf = vm.mm.ExAllocatePoolWithTag(NON_PAGED_POOL_NX, 0x1000, TAG)
+    mdl = vm.mm.IoAllocateMdl(buf, 0x1000)
+    vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
+    pfn = read_mdl(vm.verify, mdl).pfns[0]
+    va = vm.mm.MmMapIoSpace(pfn << 12, 0x1000, MM_CACHED)
+    assert va
+    vm.verify.assert_mapped(va, 0x1000, pfns=[pfn])
+    vm.mm.MmUnmapIoSpace(va, 0x1000)
+    vm.verify.assert_unmapped(va, 0x1000)
+    vm.mm.MmUnlockPages(mdl)
+    with expect_stop(MEMORY_MANAGEMENT, MM_LOCK_UNUSABLE_PAGE, pfn, 0, 0):
+        vm.mm.MmMapIoSpace(pfn << 12, 0x1000, MM_CACHED)
+
+
+def test_9_range_running_from_a_locked_page_into_an_unlocked_one_bugchecks_0x1a_0x1233(fresh_vm: Vm) -> None:
+    """Every page of the range must be locked: P2 names the first one that is not."""
+    vm = fresh_vm
+    buf = vm.mm.ExAllocatePoolWithTag(NON_PAGED_POOL_NX, 0x1000, TAG)
+    mdl = vm.mm.IoAllocateMdl(buf, 0x1000)
+    vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
+    pfn = read_mdl(vm.verify, mdl).pfns[0]
+    stats = vm.mm.frame_stats()
+    assert pfn + 1 <= stats.highest_pfn
+    if vm.mm.MmGetVirtualForPhysical((pfn + 1) << 12) == 0:
+        pytest.skip(f"frame {pfn + 1:#x} after the locked one is not RAM on this machine")
+    with expect_stop(MEMORY_MANAGEMENT, MM_LOCK_UNUSABLE_PAGE, pfn + 1, 0, 0):
+        vm.mm.MmMapIoSpace((pfn << 12) + 0xFF0, 0x20, MM_CACHED)
+
+
 def test_9_map_and_unmap_work_at_dispatch_level(vm: Vm) -> None:
     with vm.mm.at_irql(DISPATCH_LEVEL):
         va = vm.mm.MmMapIoSpace(LOCAL_APIC, 0x1000, MM_NON_CACHED)
@@ -396,6 +483,41 @@ def test_5_other_ram_answers_its_physmap_va(vm: Vm) -> None:
     va = vm.mm.MmGetVirtualForPhysical(root + 0x18)
     assert va == info.physmap_base + root + 0x18
     assert vm.qemu.gva2gpa(va) == root + 0x18
+
+
+def test_5_dxgk_contiguous_object_frames_answer_their_physmap_va(vm: Vm) -> None:
+    """[DECISION] a DXGK contiguous object holds PFN_CONTIGUOUS frames with no mapping of its own: the physmap,
+    the one system mapping all RAM has, answers (not NULL), and gva2gpa translates it back."""
+    created = vm.mm.create_contiguous(3 * 0x1000, CachingType.CACHED)
+    assert created.hPhysicalMemoryObject, f"status {created.status:#x}"
+    try:
+        info = vm.mm.dxgk_object_info(created.hPhysicalMemoryObject)
+        physmap = vm.mm.kernel_info().physmap_base
+        assert len(info.pfns) == 3
+        for k, pfn in enumerate(info.pfns):
+            pa = (pfn << 12) + 0x18 * k
+            va = vm.mm.MmGetVirtualForPhysical(pa)
+            assert va == physmap + pa
+            assert vm.qemu.gva2gpa(va) == pa
+    finally:
+        vm.mm.DxgkCbDestroyPhysicalMemoryObject(created.hPhysicalMemoryObject)
+
+
+def test_5_mdl_pages_answer_their_physmap_va_even_while_mapped(vm: Vm) -> None:
+    """[DECISION] MmAllocatePagesForMdlEx pages: the physmap VA; an MDL's system mapping is a secondary one and
+    does not change the answer."""
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, 2 * 0x1000, MM_CACHED, 0)
+    pfns = read_mdl(vm.verify, mdl).pfns
+    physmap = vm.mm.kernel_info().physmap_base
+    answers = [vm.mm.MmGetVirtualForPhysical((pfn << 12) + 0x40) for pfn in pfns]
+    assert answers == [physmap + (pfn << 12) + 0x40 for pfn in pfns]
+    system = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
+    assert system and vm.verify.walk(system).pa == pfns[0] << 12
+    assert [vm.mm.MmGetVirtualForPhysical((pfn << 12) + 0x40) for pfn in pfns] == answers
+    assert all(vm.qemu.gva2gpa(va) == (pfn << 12) + 0x40 for va, pfn in zip(answers, pfns, strict=True))
+    vm.mm.MmUnmapLockedPages(system, mdl)
+    vm.mm.MmFreePagesFromMdl(mdl)
+    vm.mm.ExFreePoolWithTag(mdl, TAG_MDL)
 
 
 @pytest.mark.parametrize("pa", [LOCAL_APIC, LOCAL_APIC + 0x30, IO_APIC])

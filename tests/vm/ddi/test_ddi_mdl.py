@@ -900,6 +900,29 @@ def test_8_7_user_mode_mapping_of_an_unlocked_mdl_bugchecks_0xc4_0xb3(fresh_vm: 
         vm.mm.MmMapLockedPagesSpecifyCache(mdl, USER_MODE, MM_CACHED, 0, False, NORMAL_PAGE_PRIORITY)
 
 
+@pytest.mark.parametrize("release", ["IoFreeMdl", "MmUnlockPages"])
+def test_8_7_releasing_a_user_mapped_probed_mdl_bugchecks_0xc4_0xb8(fresh_vm: Vm, release: str) -> None:
+    """[DECISION] a live user view keeps its MDL: freeing it (the verifier's "MDL still mapped") or unlocking its
+    pages under the view stops 0xC4(0xB8, Mdl, MdlFlags, 0)."""
+    vm = fresh_vm
+    buf = vm.mm.ExAllocatePoolWithTag(NON_PAGED_POOL_NX, PAGE, TAG)
+    mdl = vm.mm.IoAllocateMdl(buf, 0x100)
+    vm.mm.MmProbeAndLockPages(mdl, KERNEL_MODE, IO_WRITE_ACCESS)
+    user_map(vm, mdl)
+    flags = read_mdl(vm.verify, mdl).mdl_flags
+    assert flags & MDL_PAGES_LOCKED
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0xB8, mdl, flags, 0):
+        getattr(vm.mm, release)(mdl)
+
+
+def test_8_7_freeing_the_pages_of_a_user_mapped_mdl_bugchecks_0xc4_0xb8(fresh_vm: Vm) -> None:
+    vm = fresh_vm
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    user_map(vm, mdl)
+    with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0xB8, mdl, read_mdl(vm.verify, mdl).mdl_flags, 0):
+        vm.mm.MmFreePagesFromMdl(mdl)
+
+
 def test_8_7_user_mode_mapping_above_apc_bugchecks_0xc4_0x77(fresh_vm: Vm) -> None:
     vm = fresh_vm
     mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)

@@ -1,7 +1,8 @@
 """MmGetPhysicalAddress (ddi-spec §3) and MmIsAddressValid (§4): the Tests items that
 tests/vm/test_translation.py does not cover, each answer compared with the host's own walk.
 
-Left to other families (they need their DDIs): §3 item 6 (MmMapIoSpace), §4 item 2 (reserved mappings).
+Covered with the DDIs they need: §3 item 6 by test_3_06_* in test_ddi_iospace.py (MmMapIoSpace), §4 item 2 by
+test_7_9_20_and_4_2_* in test_ddi_reserved_mapping.py (reserved mappings).
 """
 
 from __future__ import annotations
