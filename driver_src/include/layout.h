@@ -7,8 +7,8 @@
  *                      | the user region below (usermode.h)              |
  *   0x0000000010000000 |   user region, tables built at first use:       |
  *                      |   ring-3 probe code (R X), its stack (RW NX)    |
- *   0x0000000010200000 |   user views: 512 pages (DXGK user mappings,    |
- *                      |   user test pages)                              |
+ *   0x0000000010200000 |   user views: 512 pages (DXGK and MDL user      |
+ *                      |   mappings, user test pages)                    |
  *   0x00007FFFFFFFFFFF +------------------------------------------------+
  *                      :  non-canonical (4-level); user half (5-level)   :
  *   0xFFFF880000000000 +------------------------------------------------+

@@ -7,7 +7,8 @@
  *
  * Layout of the user half (layout.h): USER_REGION_BASE holds two 2 MiB page tables, built at first
  * use: the first maps the probe's code and stack, the second is a pool of 4 KiB pages for user
- * views (DxgkCbMapPhysicalMemory with DXGK_ACCESS_MODE_USER_MODE, user test pages).
+ * views (DxgkCbMapPhysicalMemory with DXGK_ACCESS_MODE_USER_MODE, MmMapLockedPagesSpecifyCache
+ * with UserMode, user test pages).
  */
 #pragma once
 #include "paging.h"
