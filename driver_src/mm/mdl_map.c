@@ -68,8 +68,9 @@ void mdl_check_mappable_pages(PMDL mdl)
 #define USER_MAPPINGS_MAX 64
 
 struct user_mapping {
-	uint64_t va; /* page aligned; 0 marks a free slot */
-	uint64_t pages;
+	uint64_t va;     /* page aligned; 0 marks a free slot */
+	uint64_t pages;  /* of the view */
+	uint64_t mapped; /* the leading pages with a PFN (the array may end early) */
 	PMDL mdl;
 };
 
@@ -97,8 +98,9 @@ bool mdl_user_mapped(PMDL mdl)
  * [DECISION] (§8.7) AccessMode UserMode: the MDL must be locked, partial or nonpaged-built
  * (0xC4 0xB3 otherwise); it may be mapped to system space and to user space any number of times.
  * Failures "raise" (mdl_raised_status, NULL returned): an unknown caching type
- * STATUS_INVALID_PARAMETER_3, no room STATUS_INSUFFICIENT_RESOURCES, a RequestedAddress (rounded
- * down to its page) outside the user views or overlapping a live view STATUS_CONFLICTING_ADDRESSES.
+ * STATUS_INVALID_PARAMETER_3; no room, or an MDL spanning no page (NULL in kernel mode),
+ * STATUS_INSUFFICIENT_RESOURCES; a RequestedAddress (rounded down to its page) outside the user
+ * views or overlapping a live view STATUS_CONFLICTING_ADDRESSES.
  * The pages are U/S, always NX (when the CPU has NX), read-only with MdlMappingNoWrite, cached as
  * asked; BugCheckOnFailure does not apply.
  */
@@ -116,7 +118,7 @@ static PVOID map_user(PMDL mdl, MEMORY_CACHING_TYPE cache_type, uint64_t request
 	}
 	struct user_mapping *slot = user_mapping_of(0, 0);
 	uint64_t va = 0;
-	if (requested) {
+	if (requested && pages) {
 		va = user_view_reserve_at((uint64_t)PAGE_ALIGN(requested), pages);
 		if (!va) {
 			mdl_raised_status = STATUS_CONFLICTING_ADDRESSES;
@@ -133,9 +135,10 @@ static PVOID map_user(PMDL mdl, MEMORY_CACHING_TYPE cache_type, uint64_t request
 	}
 	PPFN_NUMBER pfns = MmGetMdlPfnArray(mdl);
 	bool writable = !(priority & MdlMappingNoWrite);
-	for (uint64_t i = 0; i < pages && pfns[i] != MDL_PFN_END; i++)
-		user_map_page(va + i * PAGE_SIZE, pte_user_leaf(pfns[i] << PAGE_SHIFT, writable) | cache);
-	*slot = (struct user_mapping){.va = va, .pages = pages, .mdl = mdl};
+	uint64_t mapped = 0;
+	for (; mapped < pages && pfns[mapped] != MDL_PFN_END; mapped++)
+		user_map_page(va + mapped * PAGE_SIZE, pte_user_leaf(pfns[mapped] << PAGE_SHIFT, writable) | cache);
+	*slot = (struct user_mapping){.va = va, .pages = pages, .mapped = mapped, .mdl = mdl};
 	mdl_user_mapped_pages += pages;
 	return (PVOID)(va + mdl->ByteOffset);
 }
@@ -149,7 +152,7 @@ static void unmap_user(uint64_t va, PMDL mdl)
 	struct user_mapping *m = PAGE_ALIGN(va) ? user_mapping_of((uint64_t)PAGE_ALIGN(va), mdl) : 0;
 	if (!m)
 		verifier_violation(VERIFIER_UNMAP_BAD_USER_ADDRESS, va, (uint64_t)mdl, 0);
-	for (uint64_t i = 0; i < m->pages; i++)
+	for (uint64_t i = 0; i < m->mapped; i++)
 		user_unmap_page(m->va + i * PAGE_SIZE);
 	user_view_release(m->va, m->pages);
 	mdl_user_mapped_pages -= m->pages;
