@@ -24,7 +24,7 @@ from pathlib import Path
 from harness.bench import Sample
 from harness.bench_verify import boot_vm
 from harness.config import DEFAULT_CONFIG_DIR
-from harness.ddi.mdl import MM_CACHED
+from harness.ddi.nt import MM_CACHED
 from harness.errors import MmhilError
 from harness.guest import NON_PAGED_POOL_NX
 from harness.probe import qemu_version

@@ -6,8 +6,8 @@ stopped, in which case the next test gets a fresh VM. A config this host cannot 
 the probe's reason; a config whose VM failed to come up skips its remaining tests instead of letting
 each of them time out.
 
-Tests run grouped by config; under pytest-xdist (`-n`) each config's tests go to one worker
-(harness.xdist_scheduling), and a worker keeps a single VM running. After each test the `vm`
+Tests run grouped by config; under pytest-xdist (`-n`) a module's tests on one config go to one
+worker (harness.xdist_scheduling), and a worker keeps a single VM running. After each test the `vm`
 fixture compares the kernel's outstanding objects with what it found before: a test that leaks
 pool, PTEs, MDLs or a raised IRQL fails, and the VM is discarded.
 
@@ -87,8 +87,8 @@ def _dist_chosen(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """With -n, a config's tests share a worker and its booted VM (harness.xdist_scheduling), unless
-    --dist chose another mode explicitly."""
+    """With -n, a module's tests on one config share a worker and its booted VM
+    (harness.xdist_scheduling), unless --dist chose another mode explicitly."""
     if config.getvalue("dist") != "load" or _dist_chosen(config):
         return None
     from harness.xdist_scheduling import ConfigScheduling

@@ -58,9 +58,10 @@ static inline uint64_t pt_leaf_address(const struct pt_walk *walk, uint64_t va)
 }
 
 struct tlb_flush {
-	uint64_t va;  /* a VA inside the mapping whose entry changed */
-	bool changed; /* false: nothing was written (pt_set could not get a table frame) */
+	uint64_t va;      /* a VA inside the mapping whose entry changed */
+	bool changed;     /* false: nothing was written (pt_set could not get a table frame) */
 	bool live;
+	bool was_present; /* the old entry was present: a CPU may hold its translation */
 };
 
 /* Creates the tables above level for va, so that its level entry exists; false when no frame is left. */
@@ -70,6 +71,12 @@ MUST_USE struct tlb_flush pt_set(const struct pt_view *view, uint64_t va, unsign
 /* Clears the leaf that maps va and returns its old value; va must be mapped. */
 MUST_USE struct tlb_flush pt_clear(const struct pt_view *view, uint64_t va, uint64_t *old_entry);
 void tlb_flush(struct tlb_flush token);
+/*
+ * Consumes a token whose old entry was not present (pt_set's): no CPU caches a not-present
+ * translation, so there is nothing to invalidate. Saying so where the mapping is made keeps a
+ * needless INVLPG from hiding a missing one elsewhere. A token from pt_clear bugchecks here.
+ */
+void tlb_flush_not_needed(struct tlb_flush token);
 
 enum protection {
 	PROT_READ,

@@ -111,7 +111,7 @@ struct tlb_flush pt_clear(const struct pt_view *view, uint64_t va, uint64_t *old
 		unexpected_entry(walk.slot, walk.entry);
 	*walk.slot = 0;
 	*old_entry = walk.entry;
-	return (struct tlb_flush){.va = va, .changed = true, .live = view->live};
+	return (struct tlb_flush){.va = va, .changed = true, .live = view->live, .was_present = true};
 }
 
 /* One INVLPG drops the translation of the whole page containing va, whatever its size. */
@@ -119,6 +119,12 @@ void tlb_flush(struct tlb_flush token)
 {
 	if (token.changed && token.live)
 		invlpg(token.va);
+}
+
+void tlb_flush_not_needed(struct tlb_flush token)
+{
+	if (token.was_present)
+		KeBugCheckEx(MEMORY_MANAGEMENT, MM_CORRUPTED_PTE, 0, 0, token.va);
 }
 
 uint64_t pte_kernel_leaf(uint64_t pa, unsigned level, enum protection protection)

@@ -164,8 +164,11 @@ PVOID MmMapLockedPagesWithReservedMapping(PVOID MappingAddress, ULONG PoolTag, P
 	 */
 	PPFN_NUMBER pfns = MmGetMdlPfnArray(mdl);
 	uint64_t mapped = frames_in(mdl, pages);
-	for (uint64_t i = 0; i < mapped; i++)
-		*syspte_entry(r.base + i * PAGE_SIZE) = pte_kernel_leaf(pfns[i] << PAGE_SHIFT, 1, PROT_READ_WRITE) | cache;
+	struct pt_view live = pt_live();
+	for (uint64_t i = 0; i < mapped; i++) {
+		uint64_t leaf = pte_kernel_leaf(pfns[i] << PAGE_SHIFT, 1, PROT_READ_WRITE) | cache;
+		tlb_flush_not_needed(pt_set(&live, r.base + i * PAGE_SIZE, 1, leaf));
+	}
 	mapped_pages += mapped;
 	/* [WIN-OBS Win8+] the address is taken 16-byte aligned; MappedSystemVa lacks the byte offset. */
 	uint64_t start = address & ~15ull;

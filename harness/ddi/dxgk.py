@@ -9,6 +9,9 @@ import enum
 from dataclasses import dataclass
 
 from harness.ddi.base import DdiFamily
+from harness.ddi.nt import (
+    PAGE_READWRITE,
+)
 
 
 class PhysicalMemoryType(enum.IntEnum):
@@ -29,14 +32,6 @@ class CachingType(enum.IntEnum):
     WRITE_COMBINED = 2
 
 
-STATUS_SUCCESS = 0
-STATUS_INVALID_HANDLE = 0xC000_0008
-STATUS_INVALID_PARAMETER = 0xC000_000D
-STATUS_INSUFFICIENT_RESOURCES = 0xC000_009A
-PAGE_READONLY = 0x02
-PAGE_READWRITE = 0x04
-PAGE_WRITECOPY = 0x08
-PAGE_EXECUTE = 0x10
 HIGHEST_ADDRESS = 0x7FFF_FFFF_FFFF_FFFF  # MAXLONGLONG: PHYSICAL_ADDRESS is signed
 
 

@@ -4,12 +4,12 @@ import signal
 
 import pytest
 
+from harness.ddi.nt import PAGE_FAULT_IN_NONPAGED_AREA
 from harness.errors import BugCheck, InfrastructureError, QemuDiedError
 from harness.machine import STATUS_BUGCHECK
 from harness.pytest_plugin import VmPool
 from harness.vm import Vm
 
-PAGE_FAULT_IN_NONPAGED_AREA = 0x50
 UNMAPPED_SYSTEM_VA = 0xFFFF_F980_0000_0000  # the system PTE region, never mapped at boot
 
 

@@ -42,8 +42,8 @@ def test_probe_names_missing_cpu_features() -> None:
     config = replace(load_configs()["default"], name="la57-on-qemu64", cpu="qemu64", paging_levels=5)
     result = probe_on(config, "tcg")
     assert not result.runnable
-    assert result.missing_features == ("la57",)
-    assert "lacks la57" in result.reason
+    assert result.missing_features == ("smep", "smap", "la57"), "default requires smep and smap; qemu64 has none"
+    assert "lacks smep, smap, la57" in result.reason
 
 
 def test_every_qmp_event_is_recorded_in_order_and_logged(vm: Vm) -> None:

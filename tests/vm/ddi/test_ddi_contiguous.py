@@ -13,39 +13,28 @@ from contextlib import contextmanager
 import pytest
 
 from harness.ddi.contiguous import MM_ANY_NODE_OK, NO_LIMIT
-from harness.ddi.iospace import (
+from harness.ddi.irql import DISPATCH_LEVEL, HIGH_LEVEL
+from harness.ddi.nt import (
+    BAD_POOL_CALLER,
+    CACHING_MEMORY_TYPE,
+    DRIVER_VERIFIER_DETECTED_VIOLATION,
+    MEMORY_TYPE_PTE_BITS,
     MM_CACHED,
-    MM_HARDWARE_COHERENT_CACHED,
     MM_MAXIMUM_CACHE_TYPE,
     MM_NON_CACHED,
-    MM_NON_CACHED_UNORDERED,
-    MM_USWC_CACHED,
-    MM_WRITE_COMBINED,
+    VERIFIER_API_WRONG_IRQL,
 )
-from harness.ddi.irql import DISPATCH_LEVEL, HIGH_LEVEL
 from harness.guest import NON_PAGED_POOL_NX
 from harness.oracle.paging import PAT_GUEST, PTE_PAT_4K, PTE_PCD, PTE_PWT, MemoryType
 from harness.testing import expect_stop
 from harness.vm import Vm
 
-BAD_POOL_CALLER = 0xC2
 POOL_BAD_CONTIGUOUS_FREE = 0x60
-DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
-VERIFIER_API_WRONG_IRQL = 0xE5
 VERIFIER_RULE_IRQL_MM_DISPATCH = 0x0002001A
 EFER_NXE = 1 << 11
 SIXTEEN_MIB = 0xFF_FFFF
 TAG = "Cont"
 
-CACHE_TYPES = {
-    MM_NON_CACHED: MemoryType.UC,
-    MM_CACHED: MemoryType.WB,
-    MM_WRITE_COMBINED: MemoryType.WC,
-    MM_HARDWARE_COHERENT_CACHED: MemoryType.WB,
-    MM_NON_CACHED_UNORDERED: MemoryType.UC,
-    MM_USWC_CACHED: MemoryType.WC,
-}
-CACHE_BITS = {MemoryType.WB: 0, MemoryType.WC: PTE_PWT, MemoryType.UC: PTE_PWT | PTE_PCD}
 
 
 def pages_of(size: int) -> int:
@@ -64,7 +53,7 @@ def assert_contiguous(vm: Vm, va: int, size: int, *, lowest: int = 0, highest: i
     vm.verify.assert_mapped(va, pages * 0x1000, pfns=[first_pfn + k for k in range(pages)], writable=True,
                             user=False, executable=not vm.mm.kernel_info().efer & EFER_NXE, cache=check_cache)
     for _, entry in vm.verify.leaf_entries(va, pages * 0x1000):
-        assert entry & (PTE_PWT | PTE_PCD | PTE_PAT_4K) == CACHE_BITS[cache], f"leaf {entry:#x}: §2.5 bits"
+        assert entry & (PTE_PWT | PTE_PCD | PTE_PAT_4K) == MEMORY_TYPE_PTE_BITS[cache], f"leaf {entry:#x}: §2.5 bits"
     last = first + pages * 0x1000 - 1
     assert lowest <= first and last <= highest, f"[{first:#x}, {last:#x}] outside [{lowest:#x}, {highest:#x}]"
     if boundary:
@@ -162,12 +151,12 @@ def test_10_04_more_than_ram_returns_null(vm: Vm) -> None:
     assert vm.mm.MmAllocateContiguousMemory((total + 1) << 12, NO_LIMIT) == 0
 
 
-@pytest.mark.parametrize("cache_type", sorted(CACHE_TYPES))
+@pytest.mark.parametrize("cache_type", sorted(CACHING_MEMORY_TYPE))
 def test_10_05_caching_type_sets_the_pat_bits_on_every_pte(vm: Vm, cache_type: int) -> None:
     if vm.mm.kernel_info().pat != PAT_GUEST:
         pytest.skip(f"{vm.name}: no PAT, so the caching type cannot be checked against IA32_PAT")
     with contiguous(vm, 0x4000, cache_type=cache_type) as va:
-        assert_contiguous(vm, va, 0x4000, cache=CACHE_TYPES[cache_type])
+        assert_contiguous(vm, va, 0x4000, cache=CACHING_MEMORY_TYPE[cache_type])
         # The memory works through the new mapping: what the agent writes, the host reads back.
         pattern = bytes(range(256)) * 2
         vm.mm.write_va(va + 0x3E00, pattern)

@@ -13,19 +13,18 @@ from collections.abc import Iterator
 import pytest
 
 from harness.ddi.base import PAGE_SIZE
-from harness.ddi.copy import (
-    MM_COPY_MEMORY_PHYSICAL,
-    MM_COPY_MEMORY_VIRTUAL,
+from harness.ddi.copy import MM_COPY_MEMORY_PHYSICAL, MM_COPY_MEMORY_VIRTUAL
+from harness.ddi.irql import APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL
+from harness.ddi.nt import (
+    DRIVER_VERIFIER_DETECTED_VIOLATION,
     STATUS_INVALID_ADDRESS,
     STATUS_INVALID_PARAMETER_4,
     STATUS_SUCCESS,
 )
-from harness.ddi.irql import APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL
 from harness.ddi.pool import NON_PAGED_POOL_NX
 from harness.testing import expect_stop
 from harness.vm import Vm
 
-DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
 LOCAL_APIC_PA = 0xFEE0_0000
 HAL_VA = 0xFFFF_FFFF_FFC0_0000  # the local APIC's registers, mapped UC (layout.h)
 UNMAPPED_SYSTEM_PTE = 0xFFFF_F980_0000_0000 + 0x10_0000 * 0x1000 - 0x1000  # past the 22000 system PTEs

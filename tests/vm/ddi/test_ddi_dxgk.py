@@ -8,28 +8,25 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.ddi.dxgk import (
-    HIGHEST_ADDRESS,
+from harness.ddi.dxgk import HIGHEST_ADDRESS, AccessMode, CachingType, PhysicalMemoryType
+from harness.ddi.irql import APC_LEVEL, DISPATCH_LEVEL
+from harness.ddi.nt import (
+    DRIVER_VERIFIER_DETECTED_VIOLATION,
     PAGE_READONLY,
     PAGE_READWRITE,
     STATUS_INSUFFICIENT_RESOURCES,
     STATUS_INVALID_HANDLE,
     STATUS_INVALID_PARAMETER,
     STATUS_SUCCESS,
-    AccessMode,
-    CachingType,
-    PhysicalMemoryType,
+    SYSTEM_PTE_MISUSE,
+    VERIFIER_API_WRONG_IRQL,
 )
-from harness.ddi.irql import APC_LEVEL, DISPATCH_LEVEL
 from harness.oracle.paging import MemoryType
 from harness.testing import expect_stop
 from harness.vm import Vm
 
 PAGE = 0x1000
 KERNEL, USER = AccessMode.KERNEL_MODE, AccessMode.USER_MODE
-DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
-SYSTEM_PTE_MISUSE = 0xDA
-VERIFIER_API_WRONG_IRQL = 0xE5
 DXGK_INVALID_HANDLE = 0x1000
 DXGK_LIVE_MAPPINGS = 0x1001
 RELEASE_NOT_RESERVED = 0x303

@@ -15,17 +15,22 @@ from contextlib import contextmanager
 import pytest
 
 from harness.ddi.dxgk import CachingType
-from harness.ddi.iospace import (
+from harness.ddi.irql import DISPATCH_LEVEL, HIGH_LEVEL
+from harness.ddi.mdl import IO_WRITE_ACCESS, MDL_PFN_END, TAG_MDL, read_mdl
+from harness.ddi.nt import (
+    CACHING_MEMORY_TYPE,
+    DRIVER_VERIFIER_DETECTED_VIOLATION,
+    KERNEL_MODE,
+    MEMORY_MANAGEMENT,
+    MEMORY_TYPE_PTE_BITS,
     MM_CACHED,
-    MM_HARDWARE_COHERENT_CACHED,
     MM_MAXIMUM_CACHE_TYPE,
     MM_NON_CACHED,
-    MM_NON_CACHED_UNORDERED,
-    MM_USWC_CACHED,
     MM_WRITE_COMBINED,
     PAGE_EXECUTE,
     PAGE_EXECUTE_READ,
     PAGE_EXECUTE_READWRITE,
+    PAGE_FAULT_IN_NONPAGED_AREA,
     PAGE_GUARD,
     PAGE_NOACCESS,
     PAGE_NOCACHE,
@@ -33,9 +38,8 @@ from harness.ddi.iospace import (
     PAGE_READWRITE,
     PAGE_WRITECOMBINE,
     PAGE_WRITECOPY,
+    SYSTEM_PTE_MISUSE,
 )
-from harness.ddi.irql import DISPATCH_LEVEL, HIGH_LEVEL
-from harness.ddi.mdl import IO_WRITE_ACCESS, KERNEL_MODE, MDL_PFN_END, TAG_MDL, read_mdl
 from harness.guest import NON_PAGED_POOL_NX
 from harness.oracle.paging import PAT_GUEST, PTE_PAT_4K, PTE_PCD, PTE_PWT, MemoryType, decode_pat_msr
 from harness.testing import expect_stop
@@ -50,28 +54,14 @@ IOAPIC_VERSION_INDEX = 0x01
 E820_RAM = 1
 LAPIC_VERSION = 0x30
 HAL_LOCAL_APIC = 0xFFFF_FFFF_FFC0_0000  # the kernel's own UC mapping of the local APIC (layout.h)
-MEMORY_MANAGEMENT = 0x1A
 MM_LOCK_UNUSABLE_PAGE = 0x1233
-PAGE_FAULT_IN_NONPAGED_AREA = 0x50
 PF_TYPE_FREED_PTE = 0
-DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
 VERIFIER_MAP_IO_SPACE_IRQL = 0x73
 VERIFIER_UNMAP_IO_SPACE_IRQL = 0x7B
-SYSTEM_PTE_MISUSE = 0xDA
 PTE_MISUSE_UNKNOWN_IO_MAPPING = 0x400
 EFER_NXE = 1 << 11
 TAG = "IoSp"
 
-# §1.2 folds the six caching types into three; §2.5 gives their PAT entries.
-CACHE_TYPES = {
-    MM_NON_CACHED: MemoryType.UC,
-    MM_CACHED: MemoryType.WB,
-    MM_WRITE_COMBINED: MemoryType.WC,
-    MM_HARDWARE_COHERENT_CACHED: MemoryType.WB,
-    MM_NON_CACHED_UNORDERED: MemoryType.UC,
-    MM_USWC_CACHED: MemoryType.WC,
-}
-CACHE_BITS = {MemoryType.WB: 0, MemoryType.WC: PTE_PWT, MemoryType.UC: PTE_PWT | PTE_PCD}
 
 
 def span_pages(address: int, length: int) -> int:
@@ -107,7 +97,8 @@ def assert_device_leaves(vm: Vm, va: int, pa: int, length: int, *, cache: Memory
     vm.verify.assert_mapped(first, pages * 0x1000, pfns=[(pa >> 12) + k for k in range(pages)], writable=writable,
                             user=False, executable=executable or not nx_enabled(vm), cache=cache)
     for _, entry in vm.verify.leaf_entries(first, pages * 0x1000):
-        assert entry & (PTE_PWT | PTE_PCD | PTE_PAT_4K) == CACHE_BITS[cache], f"leaf {entry:#x}: §2.5 bits for {cache}"
+        bits = entry & (PTE_PWT | PTE_PCD | PTE_PAT_4K)
+        assert bits == MEMORY_TYPE_PTE_BITS[cache], f"leaf {entry:#x}: §2.5 bits for {cache}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,11 +188,11 @@ def test_9_05_write_combined_sets_pwt_only_and_pat_entry_1_is_wc(vm: Vm) -> None
         assert_device_leaves(vm, va, IO_APIC, 0x1000, cache=MemoryType.WC)
 
 
-@pytest.mark.parametrize("cache_type", sorted(CACHE_TYPES))
+@pytest.mark.parametrize("cache_type", sorted(CACHING_MEMORY_TYPE))
 def test_9_05_every_caching_type_gets_its_pat_entry(vm: Vm, cache_type: int) -> None:
     require_guest_pat(vm)
     with io_mapping(vm, IO_APIC, 0x3000, cache_type) as va:
-        assert_device_leaves(vm, va, IO_APIC, 0x3000, cache=CACHE_TYPES[cache_type])
+        assert_device_leaves(vm, va, IO_APIC, 0x3000, cache=CACHING_MEMORY_TYPE[cache_type])
 
 
 @pytest.mark.parametrize("cache_type", [MM_MAXIMUM_CACHE_TYPE, 7, 0xFF, 0xFFFF_FFFF])
@@ -317,7 +308,7 @@ def locked_pool(vm: Vm, pages: int) -> Iterator[tuple[int, int, list[int]]]:
     vm.mm.ExFreePoolWithTag(buf, TAG)
 
 
-@pytest.mark.parametrize("cache_type", sorted(CACHE_TYPES))
+@pytest.mark.parametrize("cache_type", sorted(CACHING_MEMORY_TYPE))
 def test_9_locked_pool_pages_map_with_every_caching_type(vm: Vm, cache_type: int) -> None:
     """Each locked page mapped through its PA (one with a byte offset): leaves with its PFN, RW, NX, kernel-only and
     the caching type's bits; the data is the pool buffer's both ways, and MmGetPhysicalAddress gives the PA back."""
@@ -329,7 +320,7 @@ def test_9_locked_pool_pages_map_with_every_caching_type(vm: Vm, cache_type: int
             before = vm.mm.outstanding()
             with io_mapping(vm, pa, length, cache_type) as va:
                 assert va & 0xFFF == offset
-                assert_device_leaves(vm, va, pa, length, cache=CACHE_TYPES[cache_type])
+                assert_device_leaves(vm, va, pa, length, cache=CACHING_MEMORY_TYPE[cache_type])
                 assert vm.mm.MmGetPhysicalAddress(va + 0x20) == pa + 0x20 == vm.qemu.gva2gpa(va + 0x20)
                 planted = bytes((k * 16 + i) & 0xFF for i in range(16))
                 vm.verify.host_write(buf + k * 0x1000 + 0x100, planted)

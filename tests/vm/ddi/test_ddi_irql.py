@@ -3,12 +3,11 @@
 import pytest
 
 from harness.ddi.irql import APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL
+from harness.ddi.nt import IRQL_NOT_GREATER_OR_EQUAL, IRQL_NOT_LESS_OR_EQUAL
 from harness.guest import NON_PAGED_POOL_NX
 from harness.testing import expect_stop
 from harness.vm import Vm
 
-IRQL_NOT_GREATER_OR_EQUAL = 0x09
-IRQL_NOT_LESS_OR_EQUAL = 0x0A
 UNMAPPED_SYSTEM_PTE = 0xFFFF_F980_0000_0000 + 0x10_0000 * 0x1000 - 0x1000  # past the 22000 system PTEs
 
 

@@ -13,6 +13,12 @@ import pytest
 
 from harness.ddi.base import PAGE_SIZE, pool_tag
 from harness.ddi.irql import APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL
+from harness.ddi.nt import (
+    BAD_POOL_CALLER,
+    DRIVER_VERIFIER_DETECTED_VIOLATION,
+    KMODE_EXCEPTION_NOT_HANDLED,
+    STATUS_INSUFFICIENT_RESOURCES,
+)
 from harness.ddi.pool import (
     NON_PAGED_POOL,
     NON_PAGED_POOL_NX,
@@ -32,10 +38,6 @@ from harness.oracle.paging import MemoryType
 from harness.testing import expect_stop
 from harness.vm import Vm
 
-BAD_POOL_CALLER = 0xC2
-DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
-KMODE_EXCEPTION_NOT_HANDLED = 0x1E
-STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
 EFER_NXE = 1 << 11
 SIZES = [1, 15, 16, 17, 0xFF0, 0x1000, 0x1001, 0x3000]
 POOL_UNIT = 16

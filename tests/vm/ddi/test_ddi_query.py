@@ -11,11 +11,11 @@ import pytest
 
 from harness.ddi.base import PAGE_SIZE
 from harness.ddi.irql import APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL
+from harness.ddi.nt import DRIVER_VERIFIER_DETECTED_VIOLATION
 from harness.ddi.pool import NON_PAGED_POOL, NON_PAGED_POOL_NX, POOL_FLAG_NON_PAGED
 from harness.testing import expect_stop
 from harness.vm import Vm
 
-DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
 SYSTEM_PTE_BASE = 0xFFFF_F980_0000_0000
 SYSTEM_PTE_COUNT = 22000
 PFN_DATABASE_BASE = 0xFFFF_FA80_0000_0000

@@ -14,17 +14,23 @@ from _reserved import PAGE, free_pages_mdl, in_system_pte_region, pages_mdl, raw
 from harness.ddi.irql import APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL
 from harness.ddi.mdl import (
     IO_WRITE_ACCESS,
-    KERNEL_MODE,
     MDL_MAPPED_TO_SYSTEM_VA,
     MDL_PAGES_LOCKED,
     MDL_PARTIAL,
     MDL_PARTIAL_HAS_BEEN_MAPPED,
     MDL_SOURCE_IS_NONPAGED_POOL,
+    Mdl,
+    read_mdl,
+)
+from harness.ddi.nt import (
+    DRIVER_VERIFIER_DETECTED_VIOLATION,
+    KERNEL_MODE,
     MM_CACHED,
     MM_NON_CACHED,
     MM_WRITE_COMBINED,
-    Mdl,
-    read_mdl,
+    PAGE_FAULT_IN_NONPAGED_AREA,
+    SYSTEM_PTE_MISUSE,
+    VERIFIER_API_WRONG_IRQL,
 )
 from harness.ddi.reserved_mapping import (
     FREE_EMPTY,
@@ -34,7 +40,6 @@ from harness.ddi.reserved_mapping import (
     MAP_NOT_EMPTY,
     MAP_NOT_OWNER,
     MM_MAPPING_ADDRESS_DIVISIBLE,
-    SYSTEM_PTE_MISUSE,
     UNMAP_EMPTY,
     UNMAP_NOT_ENTIRE,
     UNMAP_NOT_MAPPED,
@@ -52,9 +57,6 @@ from harness.vm import Vm
 
 TAG = "MRmK"  # 0x4B6D524D, the tag of the spec's examples (odd: Tag | 1 == Tag)
 OTHER = "Othr"
-DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
-VERIFIER_API_WRONG_IRQL = 0xE5
-PAGE_FAULT_IN_NONPAGED_AREA = 0x50
 PTE_PWT, PTE_PCD, PTE_PAT = 1 << 3, 1 << 4, 1 << 7
 
 

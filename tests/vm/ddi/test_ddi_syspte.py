@@ -20,8 +20,9 @@ from _reserved import (
     raw_ptes,
 )
 
-from harness.ddi.mdl import MM_CACHED, read_mdl
-from harness.ddi.reserved_mapping import SYSTEM_PTE_MISUSE, size_pte, tag_pte
+from harness.ddi.mdl import read_mdl
+from harness.ddi.nt import MM_CACHED, SYSTEM_PTE_MISUSE
+from harness.ddi.reserved_mapping import size_pte, tag_pte
 from harness.testing import expect_stop
 from harness.vm import Vm
 

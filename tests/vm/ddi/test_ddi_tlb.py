@@ -15,14 +15,14 @@ from __future__ import annotations
 import pytest
 from _reserved import PAGE, free_pages_mdl, pages_mdl, raw_ptes
 
-from harness.ddi.mdl import MM_CACHED, read_mdl
+from harness.ddi.mdl import read_mdl
+from harness.ddi.nt import MM_CACHED, PAGE_FAULT_IN_NONPAGED_AREA
 from harness.testing import expect_stop
 from harness.vm import Vm
 
 pytestmark = pytest.mark.requires(accelerator="tcg")
 
 TAG = "Tlb1"
-PAGE_FAULT_IN_NONPAGED_AREA = 0x50
 PFN_MASK = 0x000F_FFFF_FFFF_F000
 
 

@@ -3,6 +3,7 @@ half, ring 3 and back, SMAP and SMEP as the hardware dictates and the stops this
 
 import pytest
 
+from harness.ddi.nt import ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY, PAGE_FAULT_IN_NONPAGED_AREA
 from harness.ddi.usermode import USER_PROBE_CODE_VA
 from harness.oracle.paging import MemoryType
 from harness.testing import expect_stop
@@ -10,8 +11,6 @@ from harness.vm import Vm
 
 PAGE_FAULT = 14
 PF_ERR_P, PF_ERR_W, PF_ERR_US, PF_ERR_ID = 0x1, 0x2, 0x4, 0x10
-PAGE_FAULT_IN_NONPAGED_AREA = 0x50
-ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY = 0xFC
 PF_TYPE_ACCESS_INCONSISTENT = 0xF
 UNMAPPED_USER_VA = 0x0000_0000_7000_0000
 PATTERN = 0x0123_4567_89AB_CDEF
