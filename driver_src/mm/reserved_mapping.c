@@ -67,9 +67,19 @@ static uint64_t owner_tag(const struct reservation *r)
 	return decode_field(r->tag_pte);
 }
 
-static bool owned_by(const struct reservation *r, ULONG tag)
+/*
+ * The reservation at address, checked as every DDI of the family checks it: the tag first (0xDA
+ * not_owner: address, tag, owner tag), then the size (0xDA empty: address, tag, the DDI's caller).
+ */
+static struct reservation owned_reservation(uint64_t address, ULONG tag, uint64_t not_owner, uint64_t empty,
+					    uint64_t caller)
 {
-	return r->tag_pte == encode_tag(tag);
+	struct reservation r = reservation_at(address);
+	if (r.tag_pte != encode_tag(tag))
+		KeBugCheckEx(SYSTEM_PTE_MISUSE, not_owner, address, tag, owner_tag(&r));
+	if (!r.pages)
+		KeBugCheckEx(SYSTEM_PTE_MISUSE, empty, address, tag, caller);
+	return r;
 }
 
 PVOID MmAllocateMappingAddressEx(SIZE_T NumberOfBytes, ULONG PoolTag, ULONG Flags)
@@ -101,13 +111,8 @@ PVOID MmAllocateMappingAddress(SIZE_T NumberOfBytes, ULONG PoolTag)
 void MmFreeMappingAddress(PVOID BaseAddress, ULONG PoolTag)
 {
 	verifier_require_irql_at_most(APC_LEVEL);
-	uint64_t address = (uint64_t)BaseAddress;
-	struct reservation r = reservation_at(address);
-	if (!owned_by(&r, PoolTag))
-		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_FREE_NOT_OWNER, address, PoolTag, owner_tag(&r));
-	if (!r.pages)
-		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_FREE_EMPTY, address, PoolTag,
-			     (uint64_t)__builtin_return_address(0));
+	struct reservation r = owned_reservation((uint64_t)BaseAddress, PoolTag, PTE_MISUSE_FREE_NOT_OWNER,
+						 PTE_MISUSE_FREE_EMPTY, (uint64_t)__builtin_return_address(0));
 	for (uint64_t i = 0; i < r.pages; i++) {
 		volatile uint64_t *pte = syspte_entry(r.base + i * PAGE_SIZE);
 		if (*pte)
@@ -137,12 +142,8 @@ PVOID MmMapLockedPagesWithReservedMapping(PVOID MappingAddress, ULONG PoolTag, P
 	verifier_require_irql_at_most(DISPATCH_LEVEL);
 	PMDL mdl = MemoryDescriptorList;
 	uint64_t address = (uint64_t)MappingAddress;
-	struct reservation r = reservation_at(address);
-	if (!owned_by(&r, PoolTag))
-		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_MAP_NOT_OWNER, address, PoolTag, owner_tag(&r));
-	if (!r.pages)
-		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_MAP_INVALID_RANGE, address, PoolTag,
-			     (uint64_t)__builtin_return_address(0));
+	struct reservation r = owned_reservation(address, PoolTag, PTE_MISUSE_MAP_NOT_OWNER, PTE_MISUSE_MAP_INVALID_RANGE,
+						 (uint64_t)__builtin_return_address(0));
 	uint64_t pages = MmGetMdlPageCount(mdl), cache;
 	if (pages > r.pages || !mdl_cache_bits(CacheType, &cache))
 		return NULL;
@@ -184,12 +185,8 @@ void MmUnmapReservedMapping(PVOID BaseAddress, ULONG PoolTag, PMDL MemoryDescrip
 	verifier_require_irql_at_most(DISPATCH_LEVEL);
 	PMDL mdl = MemoryDescriptorList;
 	uint64_t address = (uint64_t)BaseAddress;
-	struct reservation r = reservation_at(address);
-	if (!owned_by(&r, PoolTag))
-		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_UNMAP_NOT_OWNER, address, PoolTag, owner_tag(&r));
-	if (!r.pages)
-		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_UNMAP_EMPTY, address, PoolTag,
-			     (uint64_t)__builtin_return_address(0));
+	struct reservation r = owned_reservation(address, PoolTag, PTE_MISUSE_UNMAP_NOT_OWNER, PTE_MISUSE_UNMAP_EMPTY,
+						 (uint64_t)__builtin_return_address(0));
 	uint64_t pages = MmGetMdlPageCount(mdl);
 	if (pages > r.pages)
 		KeBugCheckEx(SYSTEM_PTE_MISUSE, PTE_MISUSE_UNMAP_TOO_MANY, address, r.pages, pages);
