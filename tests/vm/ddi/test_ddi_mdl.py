@@ -423,6 +423,13 @@ def test_8_5_unlocking_more_often_than_locked_bugchecks_0x4e_0x07(fresh_vm: Vm) 
 # -- §8.6 MmAllocatePagesForMdl(Ex) / MmFreePagesFromMdl -----------------------------------------------------
 
 
+def one_page_mdl(vm: Vm) -> int:
+    """An MDL describing one fresh page from MmAllocatePagesForMdlEx: locked, no byte offset."""
+    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    assert mdl, "MmAllocatePagesForMdlEx of one page failed"
+    return mdl
+
+
 def free_pages_mdl(vm: Vm, mdl: int) -> None:
     vm.mm.MmFreePagesFromMdl(mdl)
     vm.mm.ExFreePoolWithTag(mdl, TAG_MDL)
@@ -600,7 +607,7 @@ def test_8_7_02_no_write_mapping_is_read_only_and_no_execute_is_accepted(vm: Vm)
 
 def test_8_7_02_write_through_a_no_write_mapping_bugchecks_0xbe(fresh_vm: Vm) -> None:
     vm = fresh_vm
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     va = vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, MM_CACHED, 0, False,
                                             NORMAL_PAGE_PRIORITY | MDL_MAPPING_NO_WRITE)
     assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl), writable=False)
@@ -623,7 +630,7 @@ def test_8_7_03_get_system_address_twice_maps_once(vm: Vm) -> None:
 
 def test_8_7_04_access_after_unmap_bugchecks_0x50(fresh_vm: Vm) -> None:
     vm = fresh_vm
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     va = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
     assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
     vm.mm.MmUnmapLockedPages(va, mdl)
@@ -857,7 +864,7 @@ def test_8_7_user_mode_failures_raise(vm: Vm) -> None:
 
 
 def test_8_7_user_mode_map_and_unmap_at_apc_level(vm: Vm) -> None:
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     with vm.mm.at_irql(APC_LEVEL):
         va = user_map(vm, mdl)
         assert_user_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
@@ -867,7 +874,7 @@ def test_8_7_user_mode_map_and_unmap_at_apc_level(vm: Vm) -> None:
 
 def test_8_7_user_mode_unmap_above_apc_bugchecks_0xc4_0x7a(fresh_vm: Vm) -> None:
     vm = fresh_vm
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     va = user_map(vm, mdl)
     assert_user_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
     vm.mm.KeRaiseIrql(DISPATCH_LEVEL)
@@ -878,8 +885,8 @@ def test_8_7_user_mode_unmap_above_apc_bugchecks_0xc4_0x7a(fresh_vm: Vm) -> None
 def test_8_7_user_mode_unmap_with_another_mdl_bugchecks_0xc4_0xb9(fresh_vm: Vm) -> None:
     """The user VA must be one this MDL's user mapping returned."""
     vm = fresh_vm
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
-    other = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
+    other = one_page_mdl(vm)
     va = user_map(vm, mdl)
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0xB9, va, other, 0):
         vm.mm.MmUnmapLockedPages(va, other)
@@ -887,7 +894,7 @@ def test_8_7_user_mode_unmap_with_another_mdl_bugchecks_0xc4_0xb9(fresh_vm: Vm) 
 
 def test_8_7_user_mode_double_unmap_bugchecks_0xc4_0xb9(fresh_vm: Vm) -> None:
     vm = fresh_vm
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     va = user_map(vm, mdl)
     user_unmap(vm, va, mdl)
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0xB9, va, mdl, 0):
@@ -919,7 +926,7 @@ def test_8_7_releasing_a_user_mapped_probed_mdl_bugchecks_0xc4_0xb8(fresh_vm: Vm
 
 def test_8_7_freeing_the_pages_of_a_user_mapped_mdl_bugchecks_0xc4_0xb8(fresh_vm: Vm) -> None:
     vm = fresh_vm
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     user_map(vm, mdl)
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0xB8, mdl, read_mdl(vm.verify, mdl).mdl_flags, 0):
         vm.mm.MmFreePagesFromMdl(mdl)
@@ -927,7 +934,7 @@ def test_8_7_freeing_the_pages_of_a_user_mapped_mdl_bugchecks_0xc4_0xb8(fresh_vm
 
 def test_8_7_user_mode_mapping_above_apc_bugchecks_0xc4_0x77(fresh_vm: Vm) -> None:
     vm = fresh_vm
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     vm.mm.KeRaiseIrql(DISPATCH_LEVEL)
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x77, DISPATCH_LEVEL, mdl, USER_MODE):
         vm.mm.MmMapLockedPagesSpecifyCache(mdl, USER_MODE, MM_CACHED, 0, False, NORMAL_PAGE_PRIORITY)
@@ -935,7 +942,7 @@ def test_8_7_user_mode_mapping_above_apc_bugchecks_0xc4_0x77(fresh_vm: Vm) -> No
 
 def test_8_7_map_above_dispatch_bugchecks_0xc4_0x76(fresh_vm: Vm) -> None:
     vm = fresh_vm
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     vm.mm.KeRaiseIrql(HIGH_LEVEL)
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x76, HIGH_LEVEL, mdl, KERNEL_MODE):
         vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, MM_CACHED, 0, False, NORMAL_PAGE_PRIORITY)
@@ -943,7 +950,7 @@ def test_8_7_map_above_dispatch_bugchecks_0xc4_0x76(fresh_vm: Vm) -> None:
 
 def test_8_7_mapping_twice_bugchecks_0xc4_0xb2(fresh_vm: Vm) -> None:
     vm = fresh_vm
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     vm.mm.MmGetSystemAddressForMdlSafe(mdl)
     assert_mapping_matches(vm, vm.mm.MmGetSystemAddressForMdlSafe(mdl), read_mdl(vm.verify, mdl))
     flags = MDL_PAGES_LOCKED | MDL_MAPPED_TO_SYSTEM_VA
@@ -1000,7 +1007,7 @@ def test_8_7_unmap_at_the_wrong_address_bugchecks_0xda_0x03(fresh_vm: Vm) -> Non
 
 def test_8_7_unmap_above_dispatch_bugchecks_0xc4_0x79(fresh_vm: Vm) -> None:
     vm = fresh_vm
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     va = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
     assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
     vm.mm.KeRaiseIrql(HIGH_LEVEL)
@@ -1010,13 +1017,13 @@ def test_8_7_unmap_above_dispatch_bugchecks_0xc4_0x79(fresh_vm: Vm) -> None:
 
 def test_8_7_unmap_of_a_user_address_bugchecks_0xc4_0xb9(fresh_vm: Vm) -> None:
     vm = fresh_vm
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0xB9, 0x1000_0000, mdl, 0):
         vm.mm.MmUnmapLockedPages(0x1000_0000, mdl)
 
 
 def test_8_7_map_and_unmap_at_dispatch_level(vm: Vm) -> None:
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     with vm.mm.at_irql(DISPATCH_LEVEL):
         va = vm.mm.MmGetSystemAddressForMdlSafe(mdl)
         assert_mapping_matches(vm, va, read_mdl(vm.verify, mdl))
@@ -1241,7 +1248,7 @@ def test_8_5_probe_of_a_user_address_raises_access_violation(vm: Vm, mode: int) 
 @pytest.mark.parametrize("cache", [MM_NOT_MAPPED, MM_MAXIMUM_CACHE_TYPE])
 def test_8_7_invalid_cache_type_gives_null(vm: Vm, cache: int) -> None:
     """[DECISION] caching types outside 0..5 map nothing."""
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     before = vm.mm.outstanding()
     assert vm.mm.MmMapLockedPagesSpecifyCache(mdl, KERNEL_MODE, cache, 0, False, NORMAL_PAGE_PRIORITY) == 0
     assert vm.mm.outstanding() == before
@@ -1274,7 +1281,7 @@ def test_8_5_user_mode_probe_of_a_kernel_buffer_raises_access_violation(vm: Vm) 
 
 def test_8_7_obsolete_mm_map_locked_pages_bugchecks_0xc4_0x81(fresh_vm: Vm) -> None:
     vm = fresh_vm
-    mdl = vm.mm.MmAllocatePagesForMdlEx(0, 0xFFFF_FFFF_FFFF, 0, PAGE, MM_CACHED, 0)
+    mdl = one_page_mdl(vm)
     with expect_stop(DRIVER_VERIFIER_DETECTED_VIOLATION, 0x81, mdl, MDL_PAGES_LOCKED, 0):
         vm.mm.MmMapLockedPages(mdl, KERNEL_MODE)
 
