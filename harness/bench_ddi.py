@@ -1,8 +1,9 @@
 """`mmhil bench ddi`: DDI round trips per second, each path beside references measured in the same run.
 
-Four paths, called round-robin on one booted VM so they see the same machine at the same moment:
+Five paths, called round-robin on one booted VM so they see the same machine at the same moment:
 
-- the agent's `hello`: a no-op request, the floor of any agent round trip (serial line, parser, frame);
+- the agent's `hello`: a no-op request, the floor of any agent round trip (channel, parser, frame);
+- the same `hello` kept on COM2: the serial channel's floor, beside the mailbox's (when the VM has one);
 - MmGetPhysicalAddress on a nonpaged pool VA: the cheapest DDI (one page-table walk in the guest);
 - a MmMapLockedPagesWithReservedMapping + MmUnmapReservedMapping pair of 16 pages: two requests, 16 PTE
   writes and 16 INVLPGs;
@@ -83,8 +84,17 @@ def measure(vm: Vm, calls: int) -> Result:
             wrong["map"] += mm.MmMapLockedPagesWithReservedMapping(reservation, TAG, mdl, MM_CACHED) != reservation
             mm.MmUnmapReservedMapping(reservation, TAG, mdl)
 
+        def hello_on_com2() -> None:
+            vm.agent.use_mailbox = False
+            try:
+                vm.request("hello")
+            finally:
+                vm.agent.use_mailbox = True
+
+        channel = "mailbox" if vm.agent.mailbox is not None else "COM2"
         paths = [
-            TimedPath("agent hello (no-op reference)", lambda: vm.request("hello"), []),
+            TimedPath(f"agent hello, {channel} (no-op reference)", lambda: vm.request("hello"), []),
+            TimedPath("agent hello, COM2 (serial reference)", hello_on_com2, []),
             TimedPath("MmGetPhysicalAddress", get_pa, []),
             TimedPath(f"reserved map+unmap, {MAP_PAGES} pages", map_unmap, []),
             TimedPath("QEMU gva2gpa (monitor reference)", lambda: vm.qemu.gva2gpa(va), []),
@@ -115,9 +125,10 @@ def report(vm: Vm, result: Result, calls: int) -> str:
         sample = path.sample()
         medians[path.name] = sample.median
         lines.append(f"{path.name:38} {1 / sample.median:9,.0f} {sample.median * 1e3:7.3f} ms  {sample.spread()}")
-    hello, pa, pair, qemu = (medians[p.name] for p in result.paths)
-    lines.append(f"ratios of medians: MmGetPhysicalAddress / hello {pa / hello:.2f}x; map+unmap pair / hello "
-                 f"{pair / hello:.2f}x (two requests); gva2gpa / hello {qemu / hello:.2f}x")
+    hello, serial, pa, pair, qemu = (medians[p.name] for p in result.paths)
+    lines.append(f"ratios of medians: COM2 hello / hello {serial / hello:.2f}x; MmGetPhysicalAddress / hello "
+                 f"{pa / hello:.2f}x; map+unmap pair / hello {pair / hello:.2f}x (two requests); "
+                 f"gva2gpa / hello {qemu / hello:.2f}x")
     lines.append(f"checks: {result.wrong_pa} MmGetPhysicalAddress answers disagreeing with gva2gpa; "
                  f"{result.wrong_map} maps not returning the reservation start")
     return "\n".join(lines)

@@ -6,7 +6,7 @@
     ├── InfrastructureError    the harness or QEMU failed, not the code under test
     │   ├── QemuLaunchError    QEMU refused to start (exit code, command line, stderr)
     │   ├── QemuDiedError      QEMU went away while the VM was in use
-    │   ├── ProtocolError      the agent sent something that is not a protocol-1 frame
+    │   ├── ProtocolError      the agent sent something that is not a protocol frame
     │   └── UnsupportedConfig  this host cannot run the config (a skip, with QEMU's reason)
     ├── GuestTimeout           a wait on the guest ran out of time
     ├── GuestCrash             the guest stopped

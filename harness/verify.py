@@ -59,6 +59,7 @@ from harness.oracle.walker import (
 )
 
 if TYPE_CHECKING:
+    from harness.config import VmConfig
     from harness.vm import Vm
 
 _REGISTER = re.compile(r"\b(CR0|CR2|CR3|CR4|EFER|RIP|RSP)=([0-9a-fA-F]+)")
@@ -202,12 +203,16 @@ def parse_registers(text: str) -> dict[int, dict[str, int]]:
     return out
 
 
+def ram_layout(config: VmConfig) -> RamLayout:
+    """Where each guest-physical RAM range lies in the VM's RAM backend file."""
+    return RamLayout.for_machine(config.machine, config.memory_bytes,
+                                 machine_size_option(config.machine, "max-ram-below-4g"))
+
+
 class Verifier:
     def __init__(self, vm: Vm) -> None:
         self._vm = vm
-        config = vm.config
-        self.layout = RamLayout.for_machine(config.machine, config.memory_bytes,
-                                            machine_size_option(config.machine, "max-ram-below-4g"))
+        self.layout = ram_layout(vm.config)
         self.layout_problems = self._check_layout(vm.memory_map)
         self.monitor_memory = MonitorMemory(vm.qemu, self.layout)
         fd = vm.machine.shared_ram_fd

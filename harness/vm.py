@@ -18,6 +18,7 @@ from types import TracebackType
 
 from harness.agent.client import AgentClient, AgentStopped, ChannelClosed, ChannelTimeout
 from harness.agent.codec import PROTOCOL_VERSION, Notice, Value, parse_memory_map
+from harness.agent.mailbox import Mailbox
 from harness.build import KernelImage
 from harness.config import VmConfig
 from harness.console import BOOT_COMPLETE, Console, ConsoleBadPattern, ConsoleClosed, ConsoleTimeout
@@ -36,7 +37,7 @@ from harness.guest import MemoryManager
 from harness.machine import STATUS_BUGCHECK, LaunchPlan, QemuMachine
 from harness.monitor import QemuMonitor
 from harness.pump import Pump
-from harness.verify import Verifier
+from harness.verify import Verifier, ram_layout
 
 
 def bugcheck_record(notice: Notice) -> BugCheckRecord:
@@ -133,6 +134,16 @@ class Vm:
                 f"runs {hello.values.get('paging')!r}-level (console: {self.machine.console_log})")
         mem = hello.values.get("mem")
         self.memory_map = parse_memory_map(mem) if isinstance(mem, str) else []
+        self._attach_mailbox(hello.values.get("mailbox"))
+
+    def _attach_mailbox(self, physical_address: Value | None) -> None:
+        """Requests go through the agent's mailbox when this host maps the guest's RAM."""
+        fd = self.machine.shared_ram_fd
+        if fd is None or self._agent is None:
+            return
+        if isinstance(physical_address, bool) or not isinstance(physical_address, int):
+            raise ProtocolError(f"{self.name}: the agent's hello names no mailbox address: {self.hello!r}")
+        self._agent.attach_mailbox(Mailbox(fd, ram_layout(self.config), physical_address, PROTOCOL_VERSION))
 
     def shutdown(self) -> int | None:
         if self._verifier is not None:

@@ -14,6 +14,7 @@ void agent_init(void)
 	uart_init(COM2_PORT);
 	uart_enable_receive_interrupt(COM2_PORT);
 	pic_unmask(COM2_IRQ);
+	mailbox_init();
 }
 
 static bool values_match(const struct command *c, const struct request *r)
@@ -51,6 +52,18 @@ static void serve(const char *line, size_t length)
 	c->run(&r);
 }
 
+static void serve_mailbox(void)
+{
+	const char *text;
+	size_t length;
+	if (mailbox_take_request(&text, &length))
+		serve(text, length);
+	else
+		frame_error(ID_UNREADABLE, ERROR_OVERSIZED, "a mailbox request is at most %u bytes",
+			    MAILBOX_REQUEST_MAX);
+	mailbox_respond();
+}
+
 void agent_run(void)
 {
 	frame_open_event("hello");
@@ -59,11 +72,18 @@ void agent_run(void)
 	for (;;) {
 		const char *line;
 		size_t length;
-		if (line_read(&line, &length) == LINE_OVERSIZED)
+		switch (line_read(&line, &length)) {
+		case LINE_COMPLETE:
+			serve(line, length);
+			break;
+		case LINE_OVERSIZED:
 			frame_error(ID_UNREADABLE, ERROR_OVERSIZED, "a request is at most %u bytes, newline included",
 				    REQUEST_MAX);
-		else
-			serve(line, length);
+			break;
+		case LINE_MAILBOX:
+			serve_mailbox();
+			break;
+		}
 	}
 }
 

@@ -25,6 +25,7 @@ void hello_keys(void)
 	frame_string("build", mmhil_build_id);
 	frame_decimal("paging", paging_levels);
 	frame_string("cmdline", boot_info.cmdline);
+	frame_hex("mailbox", mailbox_physical_address());
 	frame_string_open("mem");
 	for (unsigned i = 0; i < boot_info.memmap_count; i++) {
 		const struct memmap_entry *e = &boot_info.memmap[i];

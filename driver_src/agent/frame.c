@@ -1,4 +1,5 @@
-/* Writing frames to COM2. Strings are escaped here, so no value can break a frame. */
+/* Writing frames to COM2, or to the mailbox while answering a request from it. Strings are escaped
+ * here, so no value can break a frame, and no frame holds a doorbell byte. */
 #include <stdarg.h>
 #include "fmt.h"
 #include "protocol.h"
@@ -9,7 +10,10 @@ static bool frame_open;
 
 static void put(char c)
 {
-	uart_put(COM2_PORT, (uint8_t)c);
+	if (mailbox_responding())
+		mailbox_put((uint8_t)c);
+	else
+		uart_put(COM2_PORT, (uint8_t)c);
 }
 
 static void put_text(const char *s)
@@ -133,6 +137,8 @@ void frame_error(uint32_t id, enum error_kind kind, const char *format, ...)
 
 void frame_abandon(void)
 {
-	if (frame_open)
-		frame_close();
+	bool unseen = mailbox_abandon_response(); /* whatever follows goes to COM2 */
+	if (frame_open && !unseen)
+		uart_put(COM2_PORT, '\n');
+	frame_open = false;
 }

@@ -11,19 +11,22 @@
  */
 #define SPIN_TICKS BIT(20)
 
-/* A request's text, its newline excluded. */
+/* A request's text, its newline excluded, and how far it got: a doorbell may cut a line. */
 static char line_buffer[REQUEST_MAX - 1];
+static size_t used;
+static bool oversized;
 
 enum line_status line_read(const char **line, size_t *length)
 {
-	size_t used = 0;
-	bool oversized = false;
 	for (;;) {
 		uint8_t byte;
 		if (!uart_poll(COM2_PORT, &byte)) {
 			uart_wait_receive(COM2_PORT, SPIN_TICKS);
 			continue;
 		}
+		/* The doorbell byte is a line byte like any other unless a request waits in the mailbox. */
+		if (byte == DOORBELL_REQUEST && mailbox_request_pending())
+			return LINE_MAILBOX;
 		if (byte == '\n')
 			break;
 		if (used < sizeof(line_buffer))
@@ -31,11 +34,15 @@ enum line_status line_read(const char **line, size_t *length)
 		else
 			oversized = true; /* keep discarding up to the newline */
 	}
-	if (oversized)
+	size_t complete = used;
+	bool was_oversized = oversized;
+	used = 0;
+	oversized = false;
+	if (was_oversized)
 		return LINE_OVERSIZED;
-	if (used && line_buffer[used - 1] == '\r')
-		used--;
+	if (complete && line_buffer[complete - 1] == '\r')
+		complete--;
 	*line = line_buffer;
-	*length = used;
+	*length = complete;
 	return LINE_COMPLETE;
 }

@@ -5,13 +5,40 @@
 #include <stdint.h>
 #include "compiler.h"
 
-#define PROTOCOL_VERSION 1
+#define PROTOCOL_VERSION 2
 #define REQUEST_MAX 16384 /* bytes per request, newline included */
 #define VALUES_MAX 8      /* the most any command takes */
 
-/* line.c: blocks until a whole line arrived; an oversized one is read to its end and dropped. */
-enum line_status { LINE_COMPLETE, LINE_OVERSIZED };
+/*
+ * line.c: blocks until a whole line arrived (an oversized one is read to its end and dropped), or
+ * until the mailbox doorbell rang for a request waiting there. A line cut by the doorbell resumes
+ * at the next call.
+ */
+enum line_status { LINE_COMPLETE, LINE_OVERSIZED, LINE_MAILBOX };
 enum line_status line_read(const char **line, size_t *length);
+
+/*
+ * mailbox.c: the memory channel beside the serial one (docs/agent-protocol.md, "Mailbox"). The host
+ * writes a request into guest RAM and rings with one byte on COM2; the agent answers in RAM and rings
+ * back. Under nested KVM each UART byte is a VM exit, and QEMU's UART hands over at most 14 bytes per
+ * main-loop turn: two bytes per round trip instead of a hundred is what makes requests cheap.
+ */
+#define DOORBELL_REQUEST 0x07  /* host to guest: a request waits in the mailbox */
+#define DOORBELL_RESPONSE 0x06 /* guest to host: the answer waits in the mailbox */
+#define MAILBOX_REQUEST_MAX (REQUEST_MAX - 1) /* the same requests as COM2 carries, minus the newline */
+
+void mailbox_init(void);
+uint64_t mailbox_physical_address(void);
+bool mailbox_request_pending(void);
+/* Takes the waiting request and sends frames to the mailbox until mailbox_respond(); false when the
+ * request is longer than MAILBOX_REQUEST_MAX (it is then not read). */
+bool mailbox_take_request(const char **text, size_t *length);
+bool mailbox_responding(void);
+void mailbox_put(uint8_t byte);
+/* Publishes the response and rings the host, unless it outgrew the mailbox and went to COM2. */
+void mailbox_respond(void);
+/* Drops a response being built; true when none of it reached COM2. */
+bool mailbox_abandon_response(void);
 
 /* value.c */
 enum value_type { VALUE_INTEGER, VALUE_BOOLEAN, VALUE_STRING, VALUE_BYTES };
@@ -43,7 +70,7 @@ struct request {
 /* False for a malformed line: *why says what is wrong, request->id is set when it could be read. */
 bool request_parse(const char *line, size_t length, struct request *request, const char **why);
 
-/* frame.c: one frame at a time, written straight to COM2. */
+/* frame.c: one frame at a time, written to COM2 or, while mailbox_responding(), to the mailbox. */
 void frame_open_response(uint32_t id);
 void frame_open_event(const char *name);
 void frame_hex(const char *key, uint64_t value);

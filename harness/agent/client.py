@@ -1,4 +1,10 @@
-"""The host end of the agent channel (COM2): requests out, frames in, with timeouts and a transcript.
+"""The host end of the agent channel: requests out, frames in, with timeouts and a transcript.
+
+Frames travel on COM2, or through the mailbox in guest RAM (harness.agent.mailbox) when the VM's RAM
+is shared with the host: a request is posted there and rung with one byte on COM2, and the answer
+comes back the same way. COM2 stays the channel of record: `!hello` and `!bugcheck` always come on
+it, raw sends (tests of bad input) go on it, and a request waits for COM2 to be quiet before it may
+use the mailbox, so the two can never interleave inside the agent.
 
 This layer knows frames, not VMs: it reports what happened on the wire through the exceptions below,
 and `harness.vm` turns them into BugCheck, QemuDiedError or GuestTimeout with the VM's context.
@@ -22,6 +28,7 @@ from harness.agent.codec import (
     decode_frame,
     encode_request,
 )
+from harness.agent.mailbox import DOORBELL_REQUEST, DOORBELL_RESPONSE, Mailbox
 from harness.errors import MmhilError, ProtocolError
 
 MAX_FRAME_BYTES = 1 << 20
@@ -56,6 +63,20 @@ class AgentClient:
         # Responses that answered no outstanding request: `=?` errors for unreadable lines, and
         # answers to requests whose caller gave up waiting.
         self.unmatched: list[Response] = []
+        self.mailbox: Mailbox | None = None
+        self.use_mailbox = True  # False keeps requests on COM2 (tests and benchmarks of the serial path)
+        self._mailbox_waiting: tuple[int, int | None] | None = None  # (sequence, request id) unanswered
+        self._serial_unanswered = 0  # lines sent on COM2 that no frame has answered yet
+        self._serial_line_open = False  # bytes sent on COM2 since its last newline
+
+    def attach_mailbox(self, mailbox: Mailbox) -> None:
+        self.mailbox = mailbox
+
+    @property
+    def mailbox_ready(self) -> bool:
+        """A request may go through the mailbox: COM2 and the mailbox both have nothing outstanding."""
+        return (self.mailbox is not None and self.use_mailbox and self._mailbox_waiting is None
+                and self._serial_unanswered == 0 and not self._serial_line_open)
 
     def _log(self, direction: str, line: bytes | str) -> None:
         text = line if isinstance(line, str) else line.decode("ascii", errors="backslashreplace")
@@ -63,13 +84,17 @@ class AgentClient:
             self._transcript.write(f"{time.time():.6f} {direction} {text.rstrip()}\n")
             self._transcript.flush()
 
-    def _read_line(self, deadline: float) -> bytes:
+    def _read_line(self, deadline: float) -> tuple[bytes, bool]:
+        """The next frame's line, and whether it came through the mailbox."""
         while True:
+            if self._buffer[:1] == bytes([DOORBELL_RESPONSE]):  # frames never hold it: always a doorbell
+                del self._buffer[:1]
+                return self._take_mailbox_response(), True
             newline = self._buffer.find(b"\n")
             if newline >= 0:
                 line = bytes(self._buffer[:newline])
                 del self._buffer[: newline + 1]
-                return line
+                return line, False
             if len(self._buffer) > MAX_FRAME_BYTES:
                 raise ProtocolError(f"agent sent more than {MAX_FRAME_BYTES} bytes without a newline")
             remaining = deadline - time.monotonic()
@@ -83,10 +108,28 @@ class AgentClient:
                 raise ChannelClosed("agent channel closed")
             self._buffer += chunk
 
+    def _take_mailbox_response(self) -> bytes:
+        if self.mailbox is None or self._mailbox_waiting is None:
+            raise ProtocolError("the agent rang the mailbox doorbell, but no mailbox request is outstanding")
+        sequence, _ = self._mailbox_waiting
+        data = self.mailbox.take(sequence)
+        if data is None:
+            raise ProtocolError(f"the agent rang the mailbox doorbell, but the mailbox holds no answer to "
+                                f"request {sequence}")
+        self._mailbox_waiting = None
+        if not data.endswith(b"\n") or b"\n" in data[:-1]:
+            raise ProtocolError(f"the mailbox response is not one frame line: {data[:200]!r}")
+        return data[:-1]
+
     def read_frame(self, timeout: float) -> Frame:
-        line = self._read_line(time.monotonic() + timeout)
-        self._log("<", line)
+        line, from_mailbox = self._read_line(time.monotonic() + timeout)
+        self._log("< [mailbox]" if from_mailbox else "<", line)
         frame = decode_frame(line)
+        if isinstance(frame, Response) and not from_mailbox:
+            if self._mailbox_waiting is not None and frame.request_id == self._mailbox_waiting[1]:
+                self._mailbox_waiting = None  # the answer outgrew the mailbox and came on COM2
+            else:
+                self._serial_unanswered = max(0, self._serial_unanswered - 1)
         if isinstance(frame, Notice):
             self.notices.append(frame)
             if frame.kind == "bugcheck":
@@ -112,6 +155,27 @@ class AgentClient:
         bounds the whole send.
         """
         self._log(">", data[:512] + (b"..." if len(data) > 512 else b""))
+        newlines = data.count(b"\n")
+        self._serial_unanswered += newlines
+        if data:
+            self._serial_line_open = not data.endswith(b"\n")
+        self._send(data, timeout)
+
+    def post_raw(self, request: bytes, request_id: int | None = None, timeout: float = 30.0) -> None:
+        """Put a request in the mailbox as it is (its line without the newline) and ring the agent.
+
+        `request_id` is the id the answer will carry, if the request has a readable one.
+        """
+        if self.mailbox is None:
+            raise ProtocolError("this VM's agent has no mailbox: its RAM is not shared with the host")
+        if not self.mailbox_ready:
+            raise ProtocolError("a mailbox request needs COM2 and the mailbox quiet: an earlier request "
+                                "is still unanswered")
+        self._log("> [mailbox]", request[:512] + (b"..." if len(request) > 512 else b""))
+        self._mailbox_waiting = (self.mailbox.post(request), request_id)
+        self._send(DOORBELL_REQUEST, timeout)
+
+    def _send(self, data: bytes, timeout: float) -> None:
         self._sock.settimeout(timeout)
         try:
             self._sock.sendall(data)
@@ -121,10 +185,14 @@ class AgentClient:
             raise ChannelClosed(f"agent channel failed: {exc}") from exc
 
     def call(self, command: str, *args: int | bytes, timeout: float) -> Response:
-        """Send one request and wait for its response (ok or err)."""
+        """Send one request, through the mailbox when it is ready, and wait for its response (ok or err)."""
         request_id = next(self._ids)
         deadline = time.monotonic() + timeout
-        self.send_raw(encode_request(request_id, command, *args), timeout)
+        line = encode_request(request_id, command, *args)
+        if self.mailbox_ready:
+            self.post_raw(line[:-1], request_id, timeout)
+        else:
+            self.send_raw(line, timeout)
         while True:
             frame = self.read_frame(max(0.0, deadline - time.monotonic()))
             if isinstance(frame, Response):
@@ -137,4 +205,7 @@ class AgentClient:
         if self._read_fd >= 0:
             os.close(self._read_fd)
             self._read_fd = -1
+        if self.mailbox is not None:
+            self.mailbox.close()
+            self.mailbox = None
         self._transcript.close()

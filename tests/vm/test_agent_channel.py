@@ -1,8 +1,14 @@
-"""The agent survives anything on its channel: every bad frame gets an error and it keeps serving."""
+"""The agent's two channels, COM2 and the mailbox in guest RAM: both carry the same frames, and the
+agent survives anything on either: every bad frame gets an error and it keeps serving."""
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from harness.agent.codec import MAX_REQUEST_BYTES, Response
+import pytest
+
+from harness.agent.codec import MAX_REQUEST_BYTES, PROTOCOL_VERSION, Response, decode_frame, encode_request
+from harness.agent.mailbox import RESPONSE_OFFSET, Mailbox
 from harness.vm import Vm
 
 SYNC_ID = 4_000_000_000
@@ -19,8 +25,22 @@ def read_until_answer(vm: Vm, request_id: int) -> list[Response]:
             return seen
 
 
-def test_each_kind_of_bad_request_gets_its_error_kind(vm: Vm) -> None:
-    cases = {
+def mailbox_or_skip(vm: Vm) -> Mailbox:
+    if vm.agent.mailbox is None:
+        pytest.skip(f"{vm.name} has no mailbox: its RAM is not shared with the host")
+    return vm.agent.mailbox
+
+
+@contextmanager
+def com2_only(vm: Vm) -> Iterator[None]:
+    vm.agent.use_mailbox = False
+    try:
+        yield
+    finally:
+        vm.agent.use_mailbox = True
+
+
+BAD_REQUESTS = {
         b"1 NoSuchDdi 0x1\n": (1, "unknown-command"),
         b"2 MmGetPhysicalAddress\n": (2, "bad-argument"),
         b"3 MmGetPhysicalAddress 0x1 0x2\n": (3, "bad-argument"),
@@ -33,16 +53,76 @@ def test_each_kind_of_bad_request_gets_its_error_kind(vm: Vm) -> None:
         b"8 hello \xff\n": (8, "malformed"),
         b"\n": (None, "malformed"),
         b"9" + b"1" * (MAX_REQUEST_BYTES + 10) + b"\n": (None, "oversized"),
-    }
-    for line, (request_id, kind) in cases.items():
+}
+
+
+def test_each_kind_of_bad_request_gets_its_error_kind(vm: Vm) -> None:
+    for line, (request_id, kind) in BAD_REQUESTS.items():
         vm.agent.send_raw(line)
         frame = vm.agent.read_frame(vm.timeout)
         assert isinstance(frame, Response) and not frame.ok, f"{line[:40]!r} was answered {frame}"
         assert (frame.request_id, frame.error_kind) == (request_id, kind), f"{line[:40]!r}: {frame}"
-    assert vm.request("hello")["proto"] == 1
+    assert vm.request("hello")["proto"] == PROTOCOL_VERSION
 
 
-def test_agent_answers_correctly_after_a_thousand_malformed_frames(vm: Vm) -> None:
+def test_bad_requests_in_the_mailbox_get_the_errors_they_get_on_com2(vm: Vm) -> None:
+    mailbox_or_skip(vm)
+    for line, (request_id, kind) in BAD_REQUESTS.items():
+        vm.agent.post_raw(line[:-1], request_id)
+        frame = vm.agent.read_frame(vm.timeout)
+        assert isinstance(frame, Response) and not frame.ok, f"{line[:40]!r} was answered {frame}"
+        assert (frame.request_id, frame.error_kind) == (request_id, kind), f"{line[:40]!r}: {frame}"
+    assert vm.agent.mailbox_ready, "every mailbox request was answered"
+    assert vm.request("hello")["proto"] == PROTOCOL_VERSION
+
+
+def test_the_doorbell_byte_in_a_com2_line_is_an_ordinary_byte_when_the_mailbox_is_empty(vm: Vm) -> None:
+    vm.agent.send_raw(b"5 hel\x07lo\n")
+    frame = vm.agent.read_frame(vm.timeout)
+    assert isinstance(frame, Response) and (frame.request_id, frame.error_kind) == (5, "malformed"), frame
+    assert vm.request("hello")["proto"] == PROTOCOL_VERSION
+
+
+def test_the_answer_is_in_guest_ram_at_the_mailbox_as_qemu_reads_it(vm: Vm) -> None:
+    mailbox = mailbox_or_skip(vm)
+    info = vm.mm.kernel_info()
+    request_id = 77
+    vm.agent.post_raw(encode_request(request_id, "MmGetPhysicalAddress", info.text_start)[:-1], request_id)
+    frame = vm.agent.read_frame(vm.timeout)
+    assert isinstance(frame, Response) and frame.request_id == request_id and frame.ok, frame
+    # QEMU's own view of the response area, read through the monitor rather than the host's mapping.
+    in_ram = vm.verify.monitor_memory.read(mailbox.physical_address + RESPONSE_OFFSET, 4096)
+    assert decode_frame(in_ram[: in_ram.index(b"\n")]) == frame
+    assert frame.values["pa"] == vm.qemu.gva2gpa(info.text_start)
+
+
+def test_com2_and_the_mailbox_give_the_same_answers(vm: Vm) -> None:
+    mailbox_or_skip(vm)
+    info = vm.mm.kernel_info()
+    requests = [("hello",), ("MmGetPhysicalAddress", info.text_start), ("MmGetPhysicalAddress", info.stack_base),
+                ("read_va", info.rodata_start, 4096), ("MmGetPhysicalAddress", 0x1000)]
+    through_mailbox = [vm.request(*r) for r in requests]
+    with com2_only(vm):
+        through_com2 = [vm.request(*r) for r in requests]
+    assert through_mailbox == through_com2
+
+
+def test_an_answer_too_big_for_the_mailbox_arrives_whole_on_com2(vm: Vm) -> None:
+    mailbox = mailbox_or_skip(vm)
+    info = vm.mm.kernel_info()
+    mailbox.response_limit = 100
+    try:
+        data = vm.request("read_va", info.rodata_start, 4096)["data"]
+    finally:
+        mailbox.response_limit = mailbox.response_capacity
+    transcript = vm.agent.transcript_path.read_text(encoding="utf-8").splitlines()
+    assert any(" < =" in line and "data=#" in line for line in transcript[-3:]), "the answer came on COM2"
+    assert data == vm.verify.memory.read(vm.qemu.gva2gpa(info.rodata_start), 4096)
+    assert vm.agent.mailbox_ready, "the spilled answer settled the mailbox request"
+    assert vm.mm.MmGetPhysicalAddress(info.text_start) == vm.qemu.gva2gpa(info.text_start)
+
+
+def thousand_malformed_frames() -> list[bytes]:
     rng = random.Random(0x4D4D48)
     frames: list[bytes] = []
     for i in range(1000):
@@ -57,13 +137,28 @@ def test_agent_answers_correctly_after_a_thousand_malformed_frames(vm: Vm) -> No
             frames.append(f"{rng.randrange(1, 1 << 32)} MmGetPhysicalAddress 0x{'f' * 17}\n".encode())
         else:
             frames.append(f"{rng.randrange(1, 1 << 32)} ExFreePoolWithTag\n".encode())
+    return frames
+
+
+def test_agent_answers_correctly_after_a_thousand_malformed_frames_on_com2(vm: Vm) -> None:
+    frames = thousand_malformed_frames()
     for start in range(0, len(frames), 50):
         vm.agent.send_raw(b"".join(frames[start : start + 50]), vm.timeout)
     vm.agent.send_raw(f"{SYNC_ID} hello\n".encode())
     responses = read_until_answer(vm, SYNC_ID)
     assert len(responses) == len(frames) + 1, "every frame gets exactly one response"
     assert all(not r.ok for r in responses[:-1]), [r for r in responses[:-1] if r.ok][:3]
-    assert responses[-1].ok and responses[-1].values["proto"] == 1
+    assert responses[-1].ok and responses[-1].values["proto"] == PROTOCOL_VERSION
 
+    info = vm.mm.kernel_info()
+    assert vm.mm.MmGetPhysicalAddress(info.text_start) == vm.qemu.gva2gpa(info.text_start)
+
+
+def test_agent_answers_correctly_after_a_thousand_malformed_frames_in_the_mailbox(vm: Vm) -> None:
+    mailbox_or_skip(vm)
+    for line in thousand_malformed_frames():
+        vm.agent.post_raw(line[:-1])
+        frame = vm.agent.read_frame(vm.timeout)
+        assert isinstance(frame, Response) and not frame.ok, f"{line[:40]!r} was answered {frame}"
     info = vm.mm.kernel_info()
     assert vm.mm.MmGetPhysicalAddress(info.text_start) == vm.qemu.gva2gpa(info.text_start)
