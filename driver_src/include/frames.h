@@ -12,8 +12,8 @@ typedef uint64_t pfn_t;
 #define PFN_NONE 0 /* never handed out: frame 0 is firmware memory */
 
 enum pfn_state {
+	PFN_FREE,         /* zero: the database starts as one memset over RAM */
 	PFN_NOT_RAM,      /* a hole, MMIO or a firmware-reserved range */
-	PFN_FREE,
 	PFN_FIRMWARE,     /* RAM below 1 MiB: real-mode data, BIOS, the PVH hand-off */
 	PFN_KERNEL_IMAGE,
 	PFN_PAGE_TABLE,

@@ -2,6 +2,7 @@
 #include "bootinfo.h"
 #include "bugcodes.h"
 #include "console.h"
+#include "kstring.h"
 #include "layout.h"
 #include "ntddk.h"
 #include "pagetable.h"
@@ -28,7 +29,12 @@ static unsigned ram_count;
 static pfn_t highest_pfn;
 static pfn_t image_first, image_end;
 
-/* Bootstrap carving: frames of ram[carve_range] below carve_next are still unused. */
+/*
+ * Carving hands out frames never used since boot, highest first: frames of ram[carve_range] below
+ * carve_next are untouched. It feeds the bootstrap, and after it every allocation the free list
+ * cannot serve, so booting costs no walk over all of RAM (under nested KVM each guest instruction
+ * is dear, and such a walk took most of a second).
+ */
 static unsigned carve_range;
 static pfn_t carve_next;
 struct boot_run {
@@ -40,7 +46,7 @@ static struct boot_run boot_runs[BOOT_RUNS_MAX];
 static unsigned boot_run_count;
 static bool database_ready;
 
-/* Free list, highest frame first; counters kept as frames move. */
+/* Frames freed since boot, last freed first; counters kept as frames move. */
 static pfn_t free_head = PFN_NONE;
 static uint64_t total_frames, above_4g_total, above_4g_free;
 static uint64_t state_counts[PFN_STATE_COUNT];
@@ -88,6 +94,7 @@ void frames_bootstrap(void)
 	carve_next = ram[carve_range].end;
 }
 
+/* The next frame below the carving point, skipping the kernel image; PFN_NONE once RAM is used up. */
 static pfn_t carve_frame(void)
 {
 	for (;;) {
@@ -102,7 +109,7 @@ static pfn_t carve_frame(void)
 			return pfn;
 		}
 		if (carve_range == 0)
-			KeBugCheckEx(INSTALL_MORE_MEMORY, 0, ram[0].first, highest_pfn, 0);
+			return PFN_NONE;
 		carve_next = ram[--carve_range].end;
 	}
 }
@@ -143,24 +150,36 @@ static void push_free(pfn_t pfn)
 	free_head = pfn;
 }
 
+static pfn_t take_free(pfn_t pfn, enum pfn_state purpose)
+{
+	transition(pfn, PFN_FREE, purpose);
+	above_4g_free -= pfn >= FOUR_GIB_PFN;
+	return pfn;
+}
+
 pfn_t frame_alloc(enum pfn_state purpose)
 {
 	if (!database_ready) {
 		pfn_t pfn = carve_frame();
+		if (pfn == PFN_NONE)
+			KeBugCheckEx(INSTALL_MORE_MEMORY, 0, ram[0].first, highest_pfn, 0);
 		log_boot_frame(pfn, purpose);
 		return pfn;
 	}
-	for (;;) {
+	while (free_head != PFN_NONE) {
 		pfn_t pfn = free_head;
-		if (pfn == PFN_NONE)
-			return PFN_NONE;
 		free_head = pfn_database[pfn].next_free;
 		pfn_database[pfn].on_free_list = false;
-		if (pfn_database[pfn].state != PFN_FREE) /* taken by a contiguous allocation meanwhile */
-			continue;
-		transition(pfn, PFN_FREE, purpose);
-		above_4g_free -= pfn >= FOUR_GIB_PFN;
-		return pfn;
+		if (pfn_database[pfn].state == PFN_FREE) /* else taken by a contiguous allocation meanwhile */
+			return take_free(pfn, purpose);
+	}
+	for (;;) {
+		pfn_t pfn = carve_frame();
+		if (pfn == PFN_NONE)
+			return PFN_NONE;
+		/* Carving passes frames in use (contiguous runs) and freed ones, which the list hands out. */
+		if (pfn_database[pfn].state == PFN_FREE && !pfn_database[pfn].on_free_list)
+			return take_free(pfn, purpose);
 	}
 }
 
@@ -187,10 +206,8 @@ pfn_t frames_alloc_contiguous(uint64_t count, pfn_t lowest, pfn_t highest, uint6
 	for (pfn_t first = highest + 1 - count;; first--) {
 		bool crosses = boundary_pages && first / boundary_pages != (first + count - 1) / boundary_pages;
 		if (!crosses && run_is_free(first, count)) {
-			for (uint64_t i = 0; i < count; i++) {
-				transition(first + i, PFN_FREE, purpose);
-				above_4g_free -= first + i >= FOUR_GIB_PFN;
-			}
+			for (uint64_t i = 0; i < count; i++)
+				take_free(first + i, purpose);
 			return first;
 		}
 		if (first == lowest)
@@ -234,6 +251,11 @@ void frame_free(pfn_t pfn, enum pfn_state expected)
 	push_free(pfn);
 }
 
+static uint64_t frames_above_4g(pfn_t first, pfn_t end)
+{
+	return end <= FOUR_GIB_PFN ? 0 : end - (first > FOUR_GIB_PFN ? first : FOUR_GIB_PFN);
+}
+
 static void transition_range(pfn_t first, pfn_t end, enum pfn_state from, enum pfn_state to)
 {
 	for (pfn_t pfn = first; pfn < end; pfn++)
@@ -259,25 +281,24 @@ void pfn_database_init(void)
 	for (unsigned i = 0; i < ram_count; i++) {
 		for (; pfn < ram[i].first; pfn++)
 			pfn_database[pfn] = (struct pfn_entry){.state = PFN_NOT_RAM};
-		for (; pfn < ram[i].end; pfn++)
-			pfn_database[pfn] = (struct pfn_entry){.state = PFN_FREE};
+		memset(&pfn_database[ram[i].first], 0, (ram[i].end - ram[i].first) * sizeof(struct pfn_entry));
+		pfn = ram[i].end;
 		total_frames += ram[i].end - ram[i].first;
-		if (ram[i].end > FOUR_GIB_PFN)
-			above_4g_total += ram[i].end - (ram[i].first > FOUR_GIB_PFN ? ram[i].first : FOUR_GIB_PFN);
+		above_4g_total += frames_above_4g(ram[i].first, ram[i].end);
 	}
+	_Static_assert(PFN_FREE == 0, "a zeroed entry is a free frame");
 	state_counts[PFN_FREE] = total_frames;
 	state_counts[PFN_NOT_RAM] = highest_pfn + 1 - total_frames;
+	above_4g_free = above_4g_total;
 	for (pfn = 0; pfn < LOW_MEMORY_END_PFN && pfn <= highest_pfn; pfn++)
 		if (pfn_database[pfn].state == PFN_FREE)
 			transition(pfn, PFN_FREE, PFN_FIRMWARE);
 	transition_range(image_first, image_end, PFN_FREE, PFN_KERNEL_IMAGE);
-	for (unsigned i = 0; i < boot_run_count; i++)
-		transition_range(boot_runs[i].first, boot_runs[i].first + boot_runs[i].count, PFN_FREE,
-				 boot_runs[i].state);
-	for (unsigned i = 0; i < ram_count; i++)
-		for (pfn = ram[i].first; pfn < ram[i].end; pfn++)
-			if (pfn_database[pfn].state == PFN_FREE)
-				push_free(pfn);
+	for (unsigned i = 0; i < boot_run_count; i++) {
+		const struct boot_run *b = &boot_runs[i];
+		transition_range(b->first, b->first + b->count, PFN_FREE, b->state);
+		above_4g_free -= frames_above_4g(b->first, b->first + b->count);
+	}
 	database_ready = true;
 }
 

@@ -5,6 +5,7 @@ usage: python _boot_child.py CONFIG ACCELERATOR ARTIFACTS (exit|wait)
 
 import json
 import os
+import signal
 import stat
 import sys
 import time
@@ -17,6 +18,9 @@ from harness.vm import Vm
 
 
 def main() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: take Ctrl-C as a terminal would deliver it, however pytest was started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     name, accelerator, artifacts, mode = sys.argv[1:5]
     with Vm(load_configs()[name], kernel=current_kernel(), accelerator=accelerator, artifacts=Path(artifacts)) as vm:
         ram_fd = vm.machine.shared_ram_fd

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +48,11 @@ def wait_gone(pid: int, seconds: float) -> bool:
 ChildReport = dict[str, Any]
 
 
-def start_child(
+@contextmanager
+def booted_child(
     vm_config: VmConfig, tmp_path: Path, mode: str, mmhil_kernel: object
-) -> tuple[subprocess.Popen[str], ChildReport]:
+) -> Iterator[tuple[subprocess.Popen[str], ChildReport]]:
+    """A child process with its VM booted; killed on the way out if the test left it running."""
     result = probe(vm_config)
     if not result.runnable:
         pytest.skip(result.reason)
@@ -56,18 +60,23 @@ def start_child(
         [sys.executable, str(CHILD), vm_config.name, result.accelerator, str(tmp_path / "artifacts"), mode],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    assert child.stdout is not None
-    line = child.stdout.readline()
-    if not line:
-        child.wait(30)
-        pytest.fail(f"child did not boot its VM: {child.stderr.read() if child.stderr else ''}")
-    report = json.loads(line)
-    if mode == "wait":  # an "exit" child may already have shut its VM down
-        assert pid_alive(report["qemu_pid"])
-    assert report["shm_names"] == [], "the RAM file must leave /dev/shm as soon as it is opened"
-    if report["ram_mode"] is not None:
-        assert report["ram_mode"] == 0o600
-    return child, report
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if not line:
+            child.wait(30)
+            pytest.fail(f"child did not boot its VM: {child.stderr.read() if child.stderr else ''}")
+        report = json.loads(line)
+        if mode == "wait":  # an "exit" child may already have shut its VM down
+            assert pid_alive(report["qemu_pid"])
+        assert report["shm_names"] == [], "the RAM file must leave /dev/shm as soon as it is opened"
+        if report["ram_mode"] is not None:
+            assert report["ram_mode"] == 0o600
+        yield child, report
+    finally:
+        if child.poll() is None:  # a failed test must not leave its child and QEMU behind
+            child.kill()
+            child.wait(30)
 
 
 def assert_nothing_left(child_pid: int, report: ChildReport) -> None:
@@ -77,24 +86,24 @@ def assert_nothing_left(child_pid: int, report: ChildReport) -> None:
 
 
 def test_normal_exit_leaves_nothing(vm_config: VmConfig, tmp_path: Path, mmhil_kernel: object) -> None:
-    child, report = start_child(vm_config, tmp_path, "exit", mmhil_kernel)
-    assert child.wait(60) == 0
+    with booted_child(vm_config, tmp_path, "exit", mmhil_kernel) as (child, report):
+        assert child.wait(60) == 0
     assert_nothing_left(child.pid, report)
 
 
 def test_ctrl_c_leaves_nothing(vm_config: VmConfig, tmp_path: Path, mmhil_kernel: object) -> None:
-    child, report = start_child(vm_config, tmp_path, "wait", mmhil_kernel)
-    child.send_signal(signal.SIGINT)
-    assert child.wait(60) != 0
+    with booted_child(vm_config, tmp_path, "wait", mmhil_kernel) as (child, report):
+        child.send_signal(signal.SIGINT)
+        assert child.wait(60) != 0
     assert_nothing_left(child.pid, report)
 
 
 def test_sigkilled_harness_leaves_no_qemu_and_its_files_are_swept(
     vm_config: VmConfig, tmp_path: Path, mmhil_kernel: object
 ) -> None:
-    child, report = start_child(vm_config, tmp_path, "wait", mmhil_kernel)
-    child.kill()
-    child.wait(30)
+    with booted_child(vm_config, tmp_path, "wait", mmhil_kernel) as (child, report):
+        child.kill()
+        child.wait(30)
     assert wait_gone(report["qemu_pid"], 15), "QEMU must die with the process that launched it"
     # The dead harness could not remove its directory; the next launch's sweep does.
     assert Path(report["runtime_dir"]) in sweep_stale_runtime_dirs() or not Path(report["runtime_dir"]).exists()
