@@ -61,7 +61,7 @@ static void serve_mailbox(void)
 	else
 		frame_error(ID_UNREADABLE, ERROR_OVERSIZED, "a mailbox request is at most %u bytes",
 			    MAILBOX_REQUEST_MAX);
-	mailbox_respond();
+	mailbox_end_request();
 }
 
 void agent_run(void)

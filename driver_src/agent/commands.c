@@ -187,7 +187,7 @@ extern void (*const __outstanding_reporters_start[])(void), (*const __outstandin
 const struct command *command_find(const char *name, size_t length)
 {
 	for (const struct command *const *c = __agent_commands_start; c < __agent_commands_end; c++)
-		if (strlen((*c)->name) == length && !memcmp((*c)->name, name, length))
+		if ((*c)->name_length == length && !memcmp((*c)->name, name, length))
 			return *c;
 	return 0;
 }

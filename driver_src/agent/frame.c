@@ -1,19 +1,50 @@
-/* Writing frames to COM2, or to the mailbox while answering a request from it. Strings are escaped
- * here, so no value can break a frame, and no frame holds a doorbell byte. */
+/* Composing frames and sending them to the mailbox or COM2. Strings are escaped here, so no value
+ * can break a frame, and no frame holds a doorbell byte. */
 #include <stdarg.h>
 #include "fmt.h"
 #include "protocol.h"
 #include "uart.h"
 #include "x86.h"
 
+#define COM2_FRAME_MAX 0x10000
+
+static char com2_buffer[COM2_FRAME_MAX];
+static char *out;
+static size_t used, limit;
+static bool spilled;
 static bool frame_open;
+
+static void begin(void)
+{
+	out = mailbox_responding() ? mailbox_response_area(&limit) : com2_buffer;
+	if (out == com2_buffer)
+		limit = sizeof(com2_buffer);
+	used = 0;
+	spilled = false;
+	frame_open = true;
+}
+
+static void write_com2(const char *text, size_t length)
+{
+	for (size_t i = 0; i < length; i++)
+		uart_put(COM2_PORT, (uint8_t)text[i]);
+}
+
+/* Kept out of put(), which costs a few instructions a byte (each one dear under nested KVM). */
+static __attribute__((noinline)) void spill(char c)
+{
+	if (!spilled)
+		write_com2(out, used);
+	spilled = true;
+	uart_put(COM2_PORT, (uint8_t)c);
+}
 
 static void put(char c)
 {
-	if (mailbox_responding())
-		mailbox_put((uint8_t)c);
+	if (used < limit)
+		out[used++] = c;
 	else
-		uart_put(COM2_PORT, (uint8_t)c);
+		spill(c);
 }
 
 static void put_text(const char *s)
@@ -47,13 +78,13 @@ static void escaped_sink(void *context, char c)
 
 void frame_open_response(uint32_t id)
 {
-	frame_open = true;
+	begin();
 	raw_printf("=%u ok", id);
 }
 
 void frame_open_event(const char *name)
 {
-	frame_open = true;
+	begin();
 	put('!');
 	put_text(name);
 }
@@ -111,6 +142,12 @@ void frame_close(void)
 {
 	put('\n');
 	frame_open = false;
+	if (spilled)
+		return;
+	if (out == com2_buffer)
+		write_com2(out, used);
+	else
+		mailbox_publish(used);
 }
 
 void frame_error(uint32_t id, enum error_kind kind, const char *format, ...)
@@ -121,7 +158,7 @@ void frame_error(uint32_t id, enum error_kind kind, const char *format, ...)
 		[ERROR_UNKNOWN_COMMAND] = "unknown-command",
 		[ERROR_BAD_ARGUMENT] = "bad-argument",
 	};
-	frame_open = true;
+	begin();
 	if (id == ID_UNREADABLE)
 		raw_printf("=? err %s", kinds[kind]);
 	else
@@ -137,8 +174,8 @@ void frame_error(uint32_t id, enum error_kind kind, const char *format, ...)
 
 void frame_abandon(void)
 {
-	bool unseen = mailbox_abandon_response(); /* whatever follows goes to COM2 */
-	if (frame_open && !unseen)
+	if (frame_open && spilled) /* only a spilled frame has shown any of itself */
 		uart_put(COM2_PORT, '\n');
 	frame_open = false;
+	mailbox_end_request(); /* whatever follows goes to COM2 */
 }

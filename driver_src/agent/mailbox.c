@@ -31,8 +31,6 @@ static struct mailbox mailbox ALIGNED(PAGE_SIZE);
 static char request_copy[MAILBOX_REQUEST_MAX];
 static uint32_t served_sequence;
 static bool responding;
-static bool spilled; /* the response outgrew the mailbox and continues on COM2 */
-static uint32_t response_used, response_limit;
 
 void mailbox_init(void)
 {
@@ -55,10 +53,6 @@ bool mailbox_request_pending(void)
 bool mailbox_take_request(const char **text, size_t *length)
 {
 	served_sequence = mailbox.request_sequence;
-	uint32_t limit = mailbox.response_limit;
-	response_limit = limit && limit < RESPONSE_CAPACITY ? limit : RESPONSE_CAPACITY;
-	response_used = 0;
-	spilled = false;
 	responding = true;
 	uint32_t request_length = mailbox.request_length;
 	if (request_length > MAILBOX_REQUEST_MAX)
@@ -75,35 +69,22 @@ bool mailbox_responding(void)
 	return responding;
 }
 
-void mailbox_put(uint8_t byte)
+char *mailbox_response_area(size_t *limit)
 {
-	if (!spilled) {
-		if (response_used < response_limit) {
-			mailbox.response[response_used++] = (char)byte;
-			return;
-		}
-		/* Too big for the mailbox: the whole frame goes to COM2, where the host takes any frame. */
-		for (uint32_t i = 0; i < response_used; i++)
-			uart_put(COM2_PORT, (uint8_t)mailbox.response[i]);
-		spilled = true;
-	}
-	uart_put(COM2_PORT, byte);
+	uint32_t host_limit = mailbox.response_limit;
+	*limit = host_limit && host_limit < RESPONSE_CAPACITY ? host_limit : RESPONSE_CAPACITY;
+	return mailbox.response;
 }
 
-void mailbox_respond(void)
+void mailbox_publish(size_t length)
 {
-	responding = false;
-	if (spilled)
-		return;
-	mailbox.response_length = response_used;
+	mailbox.response_length = (uint32_t)length;
 	asm volatile("" ::: "memory"); /* the response is in place before its sequence says so */
 	mailbox.response_sequence = served_sequence;
 	uart_put(COM2_PORT, DOORBELL_RESPONSE);
 }
 
-bool mailbox_abandon_response(void)
+void mailbox_end_request(void)
 {
-	bool held_back = responding && !spilled;
 	responding = false;
-	return held_back;
 }
