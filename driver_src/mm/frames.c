@@ -173,12 +173,12 @@ pfn_t frame_alloc(enum pfn_state purpose)
 		if (pfn_database[pfn].state == PFN_FREE) /* else taken by a contiguous allocation meanwhile */
 			return take_free(pfn, purpose);
 	}
+	/* The list is empty, so no frame is on it: carving passes only frames in use (contiguous runs). */
 	for (;;) {
 		pfn_t pfn = carve_frame();
 		if (pfn == PFN_NONE)
 			return PFN_NONE;
-		/* Carving passes frames in use (contiguous runs) and freed ones, which the list hands out. */
-		if (pfn_database[pfn].state == PFN_FREE && !pfn_database[pfn].on_free_list)
+		if (pfn_database[pfn].state == PFN_FREE)
 			return take_free(pfn, purpose);
 	}
 }

@@ -206,6 +206,29 @@ def test_10_07_free_unmaps_and_the_frames_are_free_again(vm: Vm) -> None:
     vm.verify.assert_unmapped(again, 0x5000)
 
 
+def test_10_07_frames_of_a_freed_run_are_handed_out_again_once_each(vm: Vm) -> None:
+    """Single frames (here: pool pages) come from the freed ones first, then are carved from frames
+    unused since boot; a run the contiguous allocator took from among those must come back, never twice."""
+    run_pages, blocks = 8, 48
+    va = vm.mm.MmAllocateContiguousMemorySpecifyCache(run_pages * 0x1000, 0, NO_LIMIT, 0, MM_CACHED)
+    run = set(range(first := assert_contiguous(vm, va, run_pages * 0x1000), first + run_pages))
+    vm.mm.MmFreeContiguousMemory(va)
+    allocations: list[int] = []
+    try:
+        for _ in range(blocks):
+            allocations.append(vm.mm.ExAllocatePoolWithTag(NON_PAGED_POOL_NX, 0x1000, TAG))
+            assert allocations[-1], "ExAllocatePoolWithTag(0x1000) failed"
+        pages = {page for block in allocations for page in (block >> 12, (block + 0xFFF) >> 12)}
+        pfn_of = {page: vm.verify.walk(page << 12).pa for page in pages}
+        assert None not in pfn_of.values(), f"unmapped pool pages: {pfn_of}"
+        pfns = [pa >> 12 for pa in pfn_of.values() if pa is not None]
+        assert len(set(pfns)) == len(pages), f"one frame behind two pool pages: {sorted(pfns)}"
+        assert run & set(pfns), f"none of the freed run {sorted(run)} was handed out before fresh frames"
+    finally:
+        for block in filter(None, allocations):
+            vm.mm.ExFreePoolWithTag(block, TAG)
+
+
 @pytest.mark.parametrize("size", [0x1000, 0x3000, 0x10000])
 def test_10_08_get_physical_address_is_linear_over_the_allocation(vm: Vm, size: int) -> None:
     with contiguous(vm, size, highest=SIXTEEN_MIB) as va:
