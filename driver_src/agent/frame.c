@@ -16,9 +16,12 @@ static bool frame_open;
 
 static void begin(void)
 {
-	out = mailbox_responding() ? mailbox_response_area(&limit) : com2_buffer;
-	if (out == com2_buffer)
+	if (mailbox_responding()) {
+		out = mailbox_response_area(&limit);
+	} else {
+		out = com2_buffer;
 		limit = sizeof(com2_buffer);
+	}
 	used = 0;
 	spilled = false;
 	frame_open = true;

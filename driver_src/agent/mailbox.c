@@ -1,4 +1,5 @@
 /* The mailbox: requests and responses in RAM the host maps, and one COM2 byte each way to ring. */
+#include "kstring.h"
 #include "layout.h"
 #include "paging.h"
 #include "protocol.h"
@@ -20,7 +21,7 @@ struct mailbox {
 	volatile uint32_t response_sequence; /* agent: the request_sequence it answered */
 	volatile uint32_t response_length;  /* agent */
 	uint8_t header_rest[PAGE_SIZE - 9 * sizeof(uint32_t)];
-	volatile char request[REQUEST_MAX];
+	char request[REQUEST_MAX];
 	char response[RESPONSE_CAPACITY];
 };
 _Static_assert(__builtin_offsetof(struct mailbox, request) == PAGE_SIZE, "request area on page 1");
@@ -57,8 +58,7 @@ bool mailbox_take_request(const char **text, size_t *length)
 	uint32_t request_length = mailbox.request_length;
 	if (request_length > MAILBOX_REQUEST_MAX)
 		return false;
-	for (uint32_t i = 0; i < request_length; i++)
-		request_copy[i] = mailbox.request[i];
+	memcpy(request_copy, mailbox.request, request_length);
 	*text = request_copy;
 	*length = request_length;
 	return true;
