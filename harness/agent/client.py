@@ -155,8 +155,7 @@ class AgentClient:
         bounds the whole send.
         """
         self._log(">", data[:512] + (b"..." if len(data) > 512 else b""))
-        newlines = data.count(b"\n")
-        self._serial_unanswered += newlines
+        self._serial_unanswered += data.count(b"\n")  # each line gets exactly one answer
         if data:
             self._serial_line_open = not data.endswith(b"\n")
         self._send(data, timeout)

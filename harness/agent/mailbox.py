@@ -12,6 +12,7 @@ from __future__ import annotations
 import mmap
 import struct
 
+from harness.agent.codec import MAX_REQUEST_BYTES
 from harness.errors import ProtocolError
 from harness.oracle.memory import MemoryAccessError, RamLayout
 
@@ -19,7 +20,7 @@ MAGIC = 0x58424D4D  # "MMBX"
 DOORBELL_REQUEST = b"\x07"
 DOORBELL_RESPONSE = 0x06
 HEADER_BYTES = 0x1000
-REQUEST_AREA = 16384
+REQUEST_AREA = MAX_REQUEST_BYTES  # a COM2 request's bytes; the mailbox's go without the newline
 RESPONSE_OFFSET = HEADER_BYTES + REQUEST_AREA
 
 # magic, version, request_capacity, response_capacity, request_sequence, request_length,

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.agent.codec import PROTOCOL_VERSION
 from harness.agent.mailbox import HEADER_BYTES, MAGIC, RESPONSE_OFFSET, Mailbox
 from harness.errors import ProtocolError
 from harness.oracle.memory import RamLayout
 
 MiB = 1 << 20
-VERSION = 2
+VERSION = PROTOCOL_VERSION
 MAILBOX_PA = 0x10_0000 + 0x4000  # in the second region, which starts at file offset 1 MiB
 LAYOUT = RamLayout([(0, 1 * MiB, 0), (1 * MiB, 1 * MiB, 1 * MiB)])
 RESPONSE_CAPACITY = 0x10000
@@ -75,8 +76,8 @@ def test_a_response_longer_than_the_mailbox_is_a_protocol_error(ram: int) -> Non
 
 
 @pytest.mark.parametrize(("header", "message"), [
-    ({"magic": 0x1234}, "found magic 0x1234 version 2"),
-    ({"version": 1}, "expected 0x58424d4d version 2"),
+    ({"magic": 0x1234}, f"found magic 0x1234 version {VERSION}"),
+    ({"version": VERSION - 1}, f"expected 0x58424d4d version {VERSION}"),
     ({"request_capacity": 16384}, "capacities 16384/65536"),
     ({"response_capacity": 0}, "capacities 16383/0"),
 ])
