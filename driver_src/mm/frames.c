@@ -277,6 +277,20 @@ static bool run_is_free(pfn_t first, uint64_t count)
 	return true;
 }
 
+/* Takes a free run unless making its entries writable used one of its frames. The entries are made
+ * writable first because that takes frames, which could otherwise be the run's own. */
+static bool take_run(pfn_t first, uint64_t count, enum pfn_state purpose)
+{
+	const pfn_t per_page = PAGE_SIZE / sizeof(struct pfn_entry);
+	for (pfn_t pfn = first; pfn < first + count; pfn = (pfn / per_page + 1) * per_page)
+		pfn_writable(pfn);
+	if (!run_is_free(first, count))
+		return false;
+	for (uint64_t i = 0; i < count; i++)
+		take_free(first + i, purpose);
+	return true;
+}
+
 pfn_t frames_alloc_contiguous(uint64_t count, pfn_t lowest, pfn_t highest, uint64_t boundary_pages,
 			      enum pfn_state purpose)
 {
@@ -291,11 +305,8 @@ pfn_t frames_alloc_contiguous(uint64_t count, pfn_t lowest, pfn_t highest, uint6
 	/* Highest run first, as frame_alloc() hands out frames. */
 	for (pfn_t first = highest + 1 - count;; first--) {
 		bool crosses = boundary_pages && first / boundary_pages != (first + count - 1) / boundary_pages;
-		if (!crosses && run_is_free(first, count)) {
-			for (uint64_t i = 0; i < count; i++)
-				take_free(first + i, purpose);
+		if (!crosses && run_is_free(first, count) && take_run(first, count, purpose))
 			return first;
-		}
 		if (first == lowest)
 			return PFN_NONE;
 	}
