@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from harness.ddi.mdl import MDL_PFN_END, NtRaisedStatus, read_mdl
 from harness.ddi.reserved_mapping import size_pte, tag_pte
-from harness.errors import BugCheck, MmhilError
+from harness.errors import AgentError, BugCheck, MmhilError
 from harness.fuzz.model import (
     COUNTED,
     PAGE,
@@ -170,8 +170,9 @@ class DdiRunner:
             self._fresh_vm()
             return False
         except (MmhilError, CheckFailed, VerificationError) as exc:
-            self._finding("death" if isinstance(exc, MmhilError) else "check failed", index, call,
-                          str(exc).splitlines()[0], str(exc))
+            kind = "agent refused" if isinstance(exc, AgentError) else "death" if isinstance(exc, MmhilError) \
+                else "check failed"
+            self._finding(kind, index, call, str(exc).splitlines()[0], str(exc))
             self._fresh_vm()
             return False
         if call.outcome.stops:

@@ -534,12 +534,12 @@ def _unknown_command(rng: random.Random, text: bytes) -> bytes:
     tokens = text.split(b" ")
     if len(tokens) < 2:
         tokens.append(b"")
-    real = tokens[1].decode("latin-1")
+    real = tokens[1]
     choices = [
-        "".join(rng.choice(_NAME_CHARS) for _ in range(rng.randint(1, 40))),
-        real.lower(), real.upper(), real + "x", real[:-1], "_" + real, "0x10", '"hello"', "#00", "hello=1",
+        "".join(rng.choice(_NAME_CHARS) for _ in range(rng.randint(1, 40))).encode(),
+        real.lower(), real.upper(), real + b"x", real[:-1], b"_" + real, b"0x10", b'"hello"', b"#00", b"hello=1",
     ]
-    tokens[1] = rng.choice(choices).encode("latin-1")
+    tokens[1] = rng.choice(choices)
     return b" ".join(tokens)
 
 

@@ -148,7 +148,7 @@ def test_generated_cases_never_run_a_command_with_side_effects() -> None:
     generator = FrameGenerator(11, text=TEXT, mailbox=True)
     ran = set()
     kinds = set()
-    for i in range(3000):
+    for i in range(20_000):
         case = generator.case(i)
         for answer in case.expected:
             kinds.add(answer.kind)
