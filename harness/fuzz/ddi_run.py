@@ -8,7 +8,8 @@ QEMU; MDLs, reservation headers, copies and guard bytes are read by the host fro
 that belong to one object may never show up in another. Every `counts_every` calls `outstanding`
 must equal the model's counts. Every `run_length` calls the model frees everything: then `outstanding`
 must be all zero, and the free frames must be what they were at the run's start, less exactly the
-page tables and kept small-pool pages the host's own walk sees added.
+page tables, kept small-pool pages and PFN-database pages given a frame that the host's own walk
+sees added.
 
 A documented bugcheck ends the call that made it: its code and parameters must be the model's, then
 the VM is rebooted and the model reset. Anything else unexpected is a finding (seed and call index),
@@ -59,27 +60,51 @@ class CheckFailed(Exception):
     """A post-call check found the guest other than the model says."""
 
 
+PFN_ENTRY_BYTES = 16  # struct pfn_entry (driver_src/mm/frames.c)
+
+
 def environment(vm: Vm) -> Environment:
     info = vm.mm.kernel_info()
     ram_top = max((base + size for base, size, kind in vm.memory_map if kind == 1), default=0)
+    database_bytes = (vm.mm.frame_stats().highest_pfn + 1) * PFN_ENTRY_BYTES
+    pfn_db = (info.pfn_db_base, info.pfn_db_base + -(-database_bytes // PAGE) * PAGE)
     return Environment(levels=info.levels, pool_base=info.pool_base, pool_end=info.pool_end,
-                       text=(info.text_start, info.text_end), nx=bool(info.efer & EFER_NXE), ram_top=ram_top)
+                       text=(info.text_start, info.text_end), nx=bool(info.efer & EFER_NXE), ram_top=ram_top,
+                       pfn_db=pfn_db)
+
+
+def _writable_pages(snap: Snapshot, start: int, end: int) -> int:
+    return sum(r.clip(start, end).size // PAGE for r in snap.ranges
+               if r.va < end and r.va_end > start and r.attributes.writable)
 
 
 @dataclass
 class Ledger:
-    """Free frames, and what the host's walk sees that may keep frames after everything is freed."""
+    """Free frames, and what the host's walk sees that may keep frames after everything is freed:
+    page tables, small-pool pages (kept mapped once used), and PFN-database pages that got a frame of
+    their own (the database starts as one read-only zero frame, and a page gets its own frame the
+    first time an entry in it is written; driver_src/mm/frames.c)."""
 
     free: int
     tables: int
     pool_pages: int
+    pfn_db_pages: int = 0
 
     @classmethod
     def take(cls, vm: Vm, env: Environment) -> Ledger:
         snap: Snapshot = vm.verify.snapshot()
         pool = sum(r.clip(env.pool_base, env.pool_end).size // PAGE for r in snap.ranges
                    if r.va < env.pool_end and r.va_end > env.pool_base)
-        return cls(vm.mm.frame_stats().free, snap.tables_read, pool)
+        return cls(vm.mm.frame_stats().free, snap.tables_read, pool, _writable_pages(snap, *env.pfn_db))
+
+    def kept_since(self, earlier: Ledger) -> int:
+        """Frames kept by design since `earlier`: what the free count may have dropped by."""
+        return (self.tables - earlier.tables) + (self.pool_pages - earlier.pool_pages) + \
+            (self.pfn_db_pages - earlier.pfn_db_pages)
+
+    def describe_kept(self, earlier: Ledger) -> str:
+        return (f"{self.tables - earlier.tables} page tables, {self.pool_pages - earlier.pool_pages} small-pool "
+                f"pages, {self.pfn_db_pages - earlier.pfn_db_pages} PFN-database pages")
 
 
 @dataclass
@@ -402,11 +427,10 @@ class DdiRunner:
             self._fresh_vm()
             return
         now = Ledger.take(vm, self.model.env)
-        kept = (now.tables - self.ledger.tables) + (now.pool_pages - self.ledger.pool_pages)
+        kept = now.kept_since(self.ledger)
         if self.ledger.free - now.free != kept:
             what = (f"free frames {self.ledger.free} -> {now.free}, but the host walk sees only {kept} more frames "
-                    f"kept by design ({now.tables - self.ledger.tables} page tables, "
-                    f"{now.pool_pages - self.ledger.pool_pages} small-pool pages)")
+                    f"kept by design ({now.describe_kept(self.ledger)})")
             self.stats.leaks.append(f"after call {index}: {what}")
             self._finding("leak", index, None, what)
             self._fresh_vm()

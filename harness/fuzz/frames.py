@@ -1,6 +1,6 @@
 """The frame fuzzer's pure half: cases to send, and the answers docs/agent-protocol.md says they get.
 
-A case is one request frame (sometimes a few, or a mailbox request with stray doorbell bytes), made
+A case is one request frame (sometimes a few lines, a mailbox batch, or stray doorbell bytes), made
 from a well-formed request of any command by zero or more mutations: truncation, oversize, bytes
 outside 0x20..0x7E, invalid UTF-8, bad ids, values of the wrong type or spelling, unknown commands,
 wrong counts, odd spacing, protocol-like keys. `expect_request` is the protocol page's "Framing"
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness.agent.codec import MAX_ID, MAX_REQUEST_BYTES
-from harness.agent.mailbox import DOORBELL_REQUEST, DOORBELL_RESPONSE
+from harness.agent.mailbox import DOORBELL_REQUEST, DOORBELL_RESPONSE, REQUEST_AREA
 
 COM2 = "COM2"
 MAILBOX = "mailbox"
@@ -32,6 +32,10 @@ BAD_ARGUMENT = "bad-argument"
 ERROR_KINDS = (MALFORMED, OVERSIZED, UNKNOWN_COMMAND, BAD_ARGUMENT)
 
 LINE_MAX = MAX_REQUEST_BYTES - 1  # a request's bytes without its newline
+MAILBOX_REQUEST_MAX = REQUEST_AREA  # a mailbox request: one line or a batch ("Mailbox", request_capacity)
+# What the answers of one mailbox request may add up to, by `answer_bound`: the rest would spill to
+# COM2 and arrive out of the agent's order (the response area is 0x40000 bytes).
+MAILBOX_ANSWER_BUDGET = 0x30000
 VALUES_MAX = 8
 ULONG_MAX = 0xFFFF_FFFF
 RAW_ACCESS_MAX = 4096
@@ -41,8 +45,8 @@ RESERVED_IDS = range(4_000_000_000, 4_000_001_000)
 # Every command the agent registers (AGENT_COMMAND in driver_src/agent/*.c), with its signature:
 # one letter per value, i integer, b bytes. tests/unit/test_fuzz_frames.py checks this against the sources.
 AGENT_COMMANDS: dict[str, str] = {
-    "hello": "", "kernel_info": "", "frame_stats": "", "outstanding": "", "copy_pte_va": "",
-    "KeGetCurrentIrql": "", "user_page_allocate": "",
+    "ping": "", "hello": "", "boot_phases": "", "boot_report": "", "kernel_info": "", "frame_stats": "",
+    "outstanding": "", "copy_pte_va": "", "KeGetCurrentIrql": "", "user_page_allocate": "",
     "MmGetPhysicalAddress": "i", "MmIsAddressValid": "i", "MmGetVirtualForPhysical": "i",
     "read_va": "ii", "write_va": "ib", "KeRaiseIrql": "i", "KeLowerIrql": "i",
     "ExAllocatePoolWithTag": "iii", "ExAllocatePool2": "iii", "ExFreePoolWithTag": "ii", "ExFreePool": "i",
@@ -69,8 +73,11 @@ AGENT_COMMANDS: dict[str, str] = {
 
 # Commands a case may run to completion: for any values of the right types they only read, and
 # their answer carries these keys.
+# (`boot_report` only reads too, but prints the whole report on the console: not per case.)
 HARMLESS_COMMANDS: dict[str, tuple[str, ...]] = {
+    "ping": (),
     "hello": ("proto", "build", "paging", "mailbox"),
+    "boot_phases": ("phases", "tsc"),
     "kernel_info": ("levels", "cr3", "text_start"),
     "frame_stats": ("total", "free"),
     "outstanding": ("irql",),
@@ -138,7 +145,7 @@ class Expected:
 
 @dataclass(frozen=True)
 class Send:
-    channel: str  # COM2: raw bytes as they go on the line; MAILBOX: one request, without newline
+    channel: str  # COM2: raw bytes as they go on the line; MAILBOX: one request (a line or a batch)
     data: bytes
 
 
@@ -148,7 +155,11 @@ class FrameCase:
     index: int
     label: str  # how the generator made it: "valid", "truncated", "bad id", ...
     sends: tuple[Send, ...]
-    expected: tuple[Expected, ...]
+    answers: tuple[tuple[Expected, ...], ...]  # the answers each send gets, in the agent's order
+
+    @property
+    def expected(self) -> tuple[Expected, ...]:
+        return tuple(answer for per_send in self.answers for answer in per_send)
 
     def frames(self, channel: str) -> int:
         """Request frames this case puts on a channel: COM2 lines, or mailbox requests."""
@@ -156,12 +167,13 @@ class FrameCase:
             return sum(s.data.count(b"\n") for s in self.sends if s.channel == COM2)
         return sum(1 for s in self.sends if s.channel == MAILBOX)
 
+    def mailbox_lines(self) -> int:
+        """The lines of this case's mailbox requests: the agent answers each one."""
+        return sum(len(a) for s, a in zip(self.sends, self.answers, strict=True) if s.channel == MAILBOX)
+
     def answer_channels(self) -> list[str]:
         """The channel each expected answer answers a frame of, in the order of `expected`."""
-        out: list[str] = []
-        for s in self.sends:
-            out.extend([COM2] * s.data.count(b"\n") if s.channel == COM2 else [MAILBOX])
-        return out
+        return [s.channel for s, a in zip(self.sends, self.answers, strict=True) for _ in a]
 
     def describe(self, limit: int = 160) -> str:
         parts = []
@@ -266,64 +278,93 @@ def expect_request(text: bytes) -> Expected:
     return Expected(request_id, OK, command, tuple(parsed))
 
 
+def expect_line(line: bytes) -> Expected:
+    """One line, its newline excluded, as both channels take it: longer than the limit (a `\\r`
+    included) is `=? oversized`; a `\\r` at its end is ignored."""
+    if len(line) > LINE_MAX:
+        return Expected(None, OVERSIZED)
+    return expect_request(line[:-1] if line.endswith(b"\r") else line)
+
+
 def expect_com2(data: bytes) -> list[Expected]:
-    """One answer per line of COM2 bytes, in order: a `\\r` before the newline is ignored, and a line
-    longer than the limit is `=? oversized` (the agent discards it to its newline)."""
+    """One answer per line of COM2 bytes, in order (the agent discards an oversized line to its
+    newline)."""
     lines = com2_as_read(data).split(b"\n")
     if lines[-1]:
         raise ValueError(f"COM2 data must end with a newline: {data[-40:]!r}")
-    out = []
-    for line in lines[:-1]:
-        if len(line) > LINE_MAX:
-            out.append(Expected(None, OVERSIZED))
-            continue
-        out.append(expect_request(line[:-1] if line.endswith(b"\r") else line))
-    return out
+    return [expect_line(line) for line in lines[:-1]]
 
 
-def expect_mailbox(request: bytes) -> Expected:
-    """A mailbox request is the line's text: no newline, and [reading] no line ending at all, so a
-    `\\r` in it is a byte like any other. Longer than its capacity: `=? oversized`."""
-    return expect_request(request)
+def expect_mailbox(request: bytes) -> list[Expected]:
+    """The answers to one mailbox request ("Mailbox", step 2): longer than the request area, one
+    `=? oversized`; else one answer per line, the lines separated by `\\n`, a final `\\n` optional,
+    and an empty request one empty line."""
+    if len(request) > MAILBOX_REQUEST_MAX:
+        return [Expected(None, OVERSIZED)]
+    lines = request.split(b"\n")
+    if len(lines) > 1 and not lines[-1]:
+        lines.pop()
+    return [expect_line(line) for line in lines]
 
 
 # -- doorbells: the only code that knows the mailbox's COM2 bytes -------------------------------
 
 
 def com2_as_read(data: bytes) -> bytes:
-    """COM2 bytes as the agent's line reader takes them while no mailbox request is pending.
+    """COM2 bytes as the agent's line reader takes them.
 
-    Protocol 2 ("Mailbox", step 2): 0x07 rings the doorbell only when `request_sequence` moved, so
-    with nothing posted it is an ordinary line byte, and 0x06 always is; both then make their line
-    malformed. The fuzzer sends COM2 bytes only when no mailbox request is pending.
+    Protocol 3 ("Mailbox"): 0x07 at the start of a line is a doorbell, never part of the line (it
+    wakes the agent, or is dropped when it announces nothing); anywhere inside a line it is an
+    ordinary byte, and so is 0x06 everywhere, both then making their line malformed.
     """
-    return data
+    return b"\n".join(line.lstrip(DOORBELL_REQUEST) for line in data.split(b"\n"))
 
 
-def doorbell_sends(rng: random.Random, mailbox_request: bytes, com2_line: bytes) -> tuple[Send, ...]:
-    """Doorbell bytes where they do not belong, as one case (protocol 2):
+def doorbell_sends(rng: random.Random, requests: list[bytes]) -> tuple[Send, ...]:
+    """Doorbell bytes where they do not belong, as one case (protocol 3), from a few harmless requests:
 
-    - doorbell bytes inside a COM2 line;
-    - a mailbox request rung, then rung again: the agent has served it at the first ring, so each
-      further 0x07 is a line byte of the next COM2 line;
-    - a lone doorbell line.
+    - doorbell bytes inside a COM2 line, or at its start (dropped);
+    - a mailbox request, then a COM2 line after a late ring or two that announce nothing (dropped);
+    - a lone doorbell line;
+    - several COM2 lines in one write, some after rings;
+    - rings at the start of a mailbox batch's lines, where they are ordinary bytes.
     """
     ring, answer = DOORBELL_REQUEST, bytes([DOORBELL_RESPONSE])
-    shape = rng.randrange(3)
+    first = requests[0]
+    shape = rng.randrange(5)
     if shape == 0:
-        pos = rng.randrange(len(com2_line) + 1)
-        return (Send(COM2, com2_line[:pos] + rng.choice([ring, answer, ring * 2]) + com2_line[pos:] + b"\n"),)
+        pos = rng.randrange(len(first) + 1)
+        return (Send(COM2, first[:pos] + rng.choice([ring, answer, ring * 2]) + first[pos:] + b"\n"),)
     if shape == 1:
-        return (Send(MAILBOX, mailbox_request), Send(COM2, ring * rng.randint(1, 3) + com2_line + b"\n"))
-    return (Send(COM2, rng.choice([ring, answer]) + b"\n"),)
+        return (Send(MAILBOX, first), Send(COM2, ring * rng.randint(1, 3) + requests[1] + b"\n"))
+    if shape == 2:
+        return (Send(COM2, rng.choice([ring, answer, ring * 3]) + b"\n"),)
+    lines = [ring * rng.choice((0, 0, 1, 2)) + r for r in requests]
+    if shape == 3:
+        return (Send(COM2, b"\n".join(lines) + b"\n"),)
+    return (Send(MAILBOX, b"\n".join(lines)),)
 
 
-def expected_answers(sends: tuple[Send, ...]) -> tuple[Expected, ...]:
-    """The answers to a case's sends, in the order the agent gives them (it serves bytes in order)."""
-    out: list[Expected] = []
-    for send in sends:
-        out.extend(expect_com2(send.data) if send.channel == COM2 else [expect_mailbox(send.data)])
-    return tuple(out)
+def expected_answers(sends: tuple[Send, ...]) -> tuple[tuple[Expected, ...], ...]:
+    """The answers to each of a case's sends, in the order the agent gives them."""
+    return tuple(tuple(expect_com2(s.data) if s.channel == COM2 else expect_mailbox(s.data)) for s in sends)
+
+
+# Bytes an answer takes at most, for the mailbox's budget: `ok` by command (read_va by its length),
+# an error by its kind's longest message in driver_src/agent (an unknown command's name is cut to 64
+# bytes; a bad argument's message is the command's usage).
+_OK_BOUND = {"ping": 24, "KeGetCurrentIrql": 32, "hello": 2048, "kernel_info": 1024, "outstanding": 2048,
+             "boot_phases": 512, "frame_stats": 256}
+_OTHER_BOUND = 128
+_ERROR_BOUND = {MALFORMED: 128, OVERSIZED: 128, UNKNOWN_COMMAND: 192, BAD_ARGUMENT: 320}
+
+
+def answer_bound(expected: Expected) -> int:
+    if expected.kind != OK:
+        return _ERROR_BOUND[expected.kind]
+    if expected.command == "read_va":
+        return 2 * int(expected.values[1]) + _OTHER_BOUND
+    return _OK_BOUND.get(expected.command, _OTHER_BOUND)
 
 
 # -- the generator ------------------------------------------------------------------------------
@@ -355,9 +396,11 @@ class FrameGenerator:
         rng = random.Random(f"mmhil-fuzz-frames:{self.seed}:{index}")
         while True:  # redraw (from the same stream, so still a function of seed and index) until harmless
             label, sends = self._draw(rng)
-            expected = expected_answers(sends)
-            if all(self.is_harmless(e) for e in expected):
-                return FrameCase(self.seed, index, label, sends, expected)
+            answers = expected_answers(sends)
+            if all(self.is_harmless(e) for a in answers for e in a) and all(
+                    sum(map(answer_bound, a)) <= MAILBOX_ANSWER_BUDGET
+                    for s, a in zip(sends, answers, strict=True) if s.channel == MAILBOX):
+                return FrameCase(self.seed, index, label, sends, answers)
 
     def is_harmless(self, expected: Expected) -> bool:
         """An answer the fuzzer may provoke: any error, or `ok` from a command that only reads."""
@@ -378,31 +421,58 @@ class FrameGenerator:
     def _draw(self, rng: random.Random) -> tuple[str, tuple[Send, ...]]:
         roll = rng.random()
         if self.mailbox and roll < 0.04:
-            sends = doorbell_sends(rng, self._request(rng, harmless=True), self._request(rng, harmless=True))
-            return "doorbell", sends
+            requests = [self._request(rng, harmless=True) for _ in range(rng.randint(2, 4))]
+            return "doorbell", doorbell_sends(rng, requests)
+        if self.mailbox and roll < 0.10:
+            return self._batch(rng)
         channel = self._channel(rng)
-        if roll < 0.30:
-            label, text = "valid", self._request(rng, harmless=True)
-        elif roll < 0.34:
-            label, text = "garbage", bytes(rng.randrange(256) for _ in range(rng.randint(0, 60)))
-        elif roll < 0.36:
-            label, text = "empty", b""
-        else:
-            text = self._request(rng, harmless=rng.random() < 0.5)
-            labels = []
-            for _ in range(rng.choice((1, 1, 1, 2, 3))):
-                name, mutate = rng.choice(self._mutations(channel))
-                text = mutate(rng, text)
-                labels.append(name)
-            label = "+".join(labels)
+        label, text = self._line(rng, channel)
         if channel == MAILBOX:
             return label, (Send(MAILBOX, text),)
-        if rng.random() < 0.05:  # \r\n line ending, which COM2 ignores
+        if rng.random() < 0.05:  # \r\n line ending, which the agent ignores
             text += b"\r"
         if rng.random() < 0.03:  # two lines in one write
             label += "+second line"
             text += b"\n" + self._request(rng, harmless=True)
         return label, (Send(COM2, text + b"\n"),)
+
+    def _line(self, rng: random.Random, channel: str) -> tuple[str, bytes]:
+        """One request line, valid or not: its label and its bytes, without a newline."""
+        roll = rng.random()
+        if roll < 0.32:
+            return "valid", self._request(rng, harmless=True)
+        if roll < 0.36:
+            return "garbage", bytes(rng.randrange(256) for _ in range(rng.randint(0, 60)))
+        if roll < 0.38:
+            return "empty", b""
+        text = self._request(rng, harmless=rng.random() < 0.5)
+        labels = []
+        for _ in range(rng.choice((1, 1, 1, 2, 3))):
+            name, mutate = rng.choice(self._mutations(channel))
+            text = mutate(rng, text)
+            labels.append(name)
+        return "+".join(labels), text
+
+    def _batch(self, rng: random.Random) -> tuple[str, tuple[Send, ...]]:
+        """A mailbox request of several lines: a few of any kind, or the request area filled to
+        exactly its capacity, or just past it (then the whole request is one `=? oversized`)."""
+        roll = rng.random()
+        if roll < 0.9:
+            lines = [self._line(rng, MAILBOX)[1] for _ in range(rng.randint(2, 12))]
+            ending = rng.choice((b"", b"", b"\n", b"\r\n", b"\n\n"))
+            return "batch", (Send(MAILBOX, b"\n".join(lines) + ending),)
+        size = MAILBOX_REQUEST_MAX + (0 if roll < 0.95 else rng.choice((1, 2, 4096)))
+        label = "full batch" if size == MAILBOX_REQUEST_MAX else "batch past the request area"
+        lines = []
+        total = -1
+        while total < size:  # short lines with short answers, so that the answers fit the response area
+            roll = rng.random()
+            command = "ping" if roll < 0.92 else "KeGetCurrentIrql"
+            line = self._request(rng, harmless=True, command=command)
+            lines.append(_spacing(rng, line) if roll > 0.98 else line)
+            total += len(line) + 1
+        request = b"\n".join(lines)
+        return label, (Send(MAILBOX, (request + b" " * size)[:size]),)
 
     def _id(self, rng: random.Random) -> str:
         roll = rng.random()
@@ -441,10 +511,11 @@ class FrameGenerator:
         n = rng.choice((0, 1, 8, 16, 100)) if length is None else length
         return "#" + bytes(rng.randrange(256) for _ in range(n)).hex()
 
-    def _request(self, rng: random.Random, *, harmless: bool) -> bytes:
+    def _request(self, rng: random.Random, *, harmless: bool, command: str = "") -> bytes:
         """A well-formed request: of a harmless command with in-range values, or of any command with
         random values of the right types."""
-        command = rng.choice(sorted(HARMLESS_COMMANDS)) if harmless else rng.choice(self._commands)
+        if not command:
+            command = rng.choice(sorted(HARMLESS_COMMANDS)) if harmless else rng.choice(self._commands)
         values = self._values(rng, command, harmless)
         return " ".join([self._id(rng), command, *values]).encode("ascii")
 

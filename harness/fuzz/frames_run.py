@@ -31,6 +31,7 @@ from harness.fuzz.frames import (
     Expected,
     FrameCase,
     FrameGenerator,
+    Send,
 )
 from harness.fuzz.session import Finding, FindingLog, VmSource, nonzero_outstanding
 from harness.vm import Vm, bugcheck_record
@@ -58,6 +59,7 @@ class Slowest:
 class FrameStats:
     cases: int = 0
     frames: Counter[str] = field(default_factory=Counter)  # per channel
+    mailbox_lines: int = 0
     answers: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, kind)
     unexpected: int = 0
     deaths: Counter[str] = field(default_factory=Counter)
@@ -133,39 +135,42 @@ class FrameRunner:
             state = "QEMU still runs" if vm.machine.running else f"QEMU exited ({vm.machine.exit_status})"
             raise CaseDeath("silent agent", f"no answer within {vm.timeout:g} s; {state}") from exc
 
-    def _send(self, vm: Vm, case: FrameCase) -> None:
-        answers = iter(case.expected)
-        for send in case.sends:
-            try:
-                if send.channel == COM2:
-                    vm.agent.send_raw(send.data, vm.timeout)
-                    for _ in range(send.data.count(b"\n")):
-                        next(answers)
-                else:
-                    vm.agent.post_raw(send.data, next(answers).request_id, vm.timeout)
-            except ChannelClosed as exc:
-                raise CaseDeath("QEMU died", f"while sending: {exc}") from exc
-            except ChannelTimeout as exc:
-                raise CaseDeath("silent agent", f"the agent stopped taking bytes: {exc}") from exc
+    def _send(self, vm: Vm, send: Send, answers: tuple[Expected, ...]) -> None:
+        try:
+            if send.channel == COM2:
+                vm.agent.send_raw(send.data, vm.timeout)
+            else:  # an answer that spilled to COM2 would be matched by the id of a one-line request
+                only_id = answers[0].request_id if len(answers) == 1 else None
+                vm.agent.post_raw(send.data, only_id, vm.timeout)
+        except ChannelClosed as exc:
+            raise CaseDeath("QEMU died", f"while sending: {exc}") from exc
+        except ChannelTimeout as exc:
+            raise CaseDeath("silent agent", f"the agent stopped taking bytes: {exc}") from exc
 
     def run_case(self, vm: Vm, case: FrameCase) -> list[str]:
-        """Sends the case and reads its answers; the problems found (an empty list: all as expected)."""
+        """Sends the case and reads its answers; the problems found (an empty list: all as expected).
+
+        Each send's answers are read before the next send goes: the host reads COM2 and the mailbox
+        as either has something, so answers on the two channels are in the agent's order only if
+        one channel at a time has any outstanding.
+        """
         start = time.perf_counter()
-        self._send(vm, case)
         problems = []
-        for expected, channel in zip(case.expected, case.answer_channels(), strict=True):
-            try:
-                frame = self._read(vm)
-            except ProtocolError as exc:
-                problems.append(f"not a frame: {exc}")
-                continue
-            if isinstance(frame, Notice) and frame.kind == "hello":
-                raise CaseDeath("agent restarted", f"!hello while waiting for {expected.describe()}")
-            problem = _frame_problem(expected, frame)
-            if problem:
-                problems.append(problem)
-            else:
-                self.stats.answers[(channel, expected.kind)] += 1
+        for send, answers in zip(case.sends, case.answers, strict=True):
+            self._send(vm, send, answers)
+            for expected in answers:
+                try:
+                    frame = self._read(vm)
+                except ProtocolError as exc:
+                    problems.append(f"not a frame: {exc}")
+                    continue
+                if isinstance(frame, Notice) and frame.kind == "hello":
+                    raise CaseDeath("agent restarted", f"!hello while waiting for {expected.describe()}")
+                problem = _frame_problem(expected, frame)
+                if problem:
+                    problems.append(problem)
+                else:
+                    self.stats.answers[(send.channel, expected.kind)] += 1
         seconds = time.perf_counter() - start
         if len(case.sends) == 1:
             self.stats.times[case.sends[0].channel].append(seconds)
@@ -232,6 +237,7 @@ class FrameRunner:
             self.stats.cases += 1
             for channel in (COM2, MAILBOX):
                 self.stats.frames[channel] += case.frames(channel)
+            self.stats.mailbox_lines += case.mailbox_lines()
             try:
                 problems = self.run_case(vm, case)
                 if problems:
@@ -290,7 +296,7 @@ def report(session: VmSource, seed: int, indices: range, stats: FrameStats) -> s
     lines = [
         f"mmhil fuzz frames: {session.describe()}, seed {seed}, cases {indices.start}..{indices.stop - 1}",
         f"cases run: {stats.cases:,}; frames sent: COM2 {stats.frames[COM2]:,} lines, mailbox "
-        f"{stats.frames[MAILBOX]:,} requests",
+        f"{stats.frames[MAILBOX]:,} requests ({stats.mailbox_lines:,} lines)",
         f"answers as documented on COM2: {kinds(COM2)}",
         f"answers as documented in the mailbox: {kinds(MAILBOX)}",
         f"documented-error replies: {errors:,}; unexpected replies: {stats.unexpected}",

@@ -447,6 +447,7 @@ class Environment:
     text: tuple[int, int]
     nx: bool
     ram_top: int  # first byte above the highest RAM range
+    pfn_db: tuple[int, int] = (0, 0)  # [start, end) of the PFN database's VAs
 
 
 DXGK_MEMORY_TYPE = {0: MemoryType.UC, 1: MemoryType.WB, 2: MemoryType.WC}

@@ -4,12 +4,12 @@ One cycle runs each family's round once, in a seeded random order, each round fr
 pool (ExAllocatePoolWithTag / ExAllocatePool2 and their frees), MDLs over pool (allocate, lock, map,
 unmap, unlock, free), MDL pages (MmAllocatePagesForMdlEx, system address, unmap, free), reserved
 mappings, I/O space, contiguous memory, DXGK objects (create, map, unmap, destroy), MmCopyMemory and
-the IRQL; and the agent's no-op `hello`, the reference every figure is printed beside. At every
+the IRQL; and the agent's no-op `ping`, the reference every figure is printed beside. At every
 checkpoint (`--check-every` calls, and at the end) nothing may be outstanding, and the free frames
-must be those of the start less exactly the page tables and kept small-pool pages that the host's
-own walk sees added (harness.fuzz.ddi_run.Ledger). Every `--verify-every` cycles each family's
-mapping is also verified three ways. Every call is timed on the host; the report gives per family
-the median per-call time as calls/s, with its spread.
+must be those of the start less exactly the page tables, kept small-pool pages and PFN-database
+pages given a frame that the host's own walk sees added (harness.fuzz.ddi_run.Ledger). Every
+`--verify-every` cycles each family's mapping is also verified three ways. Every call is timed on the
+host; the report gives per family the median per-call time as calls/s, with its spread.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from harness.vm import Vm
 
 TAG = "Soak"
 FAMILIES = ("pool", "mdl", "mdl pages", "reserved", "iospace", "contiguous", "dxgk", "copy", "irql")
-REFERENCE = "agent hello (no-op)"
+REFERENCE = "agent ping (no-op)"
 
 
 class SoakProblem(Exception):
@@ -190,8 +190,7 @@ class Soak:
         self.stats.checkpoints += 1
         left = nonzero_outstanding(vm.mm.outstanding())
         now = Ledger.take(vm, self.env)
-        kept = (now.tables - self.ledger.tables) + (now.pool_pages - self.ledger.pool_pages)
-        lost = self.ledger.free - now.free - kept
+        lost = self.ledger.free - now.free - now.kept_since(self.ledger)
         self.stats.leaks, self.stats.frames_lost = left, self.stats.frames_lost + lost
         problems = ([f"outstanding {left}"] if left else []) + ([f"{lost} frames lost"] if lost else [])
         if problems:
@@ -213,7 +212,7 @@ class Soak:
             rng.shuffle(families)
             try:
                 for family in families:
-                    self._timed(REFERENCE, partial(vm.request, "hello"))
+                    self._timed(REFERENCE, partial(vm.request, "ping"))
                     self._round(vm, family, rng, verify)
                 self.stats.cycles += 1
                 if self.stats.calls >= next_check or self.stats.calls >= calls:
@@ -237,10 +236,10 @@ def report(session: VmSource, seed: int, stats: SoakStats) -> str:
     lines = [
         f"mmhil soak: {session.describe()}, seed {seed}: {stats.calls:,} DDI calls in {stats.cycles:,} cycles, "
         f"{stats.wall_seconds:.1f} s ({stats.calls / max(stats.wall_seconds, 1e-9):,.0f} calls/s overall, "
-        f"hellos and checks included)",
+        f"pings and checks included)",
         "host wall time per call; calls/s from the median; the reference is the agent's no-op measured in the "
         "same run",
-        f"{'family':22} {'calls':>8} {'calls/s':>9} {'median':>9}  {'x hello':>7}  spread per call",
+        f"{'family':22} {'calls':>8} {'calls/s':>9} {'median':>9}  {'x ping':>7}  spread per call",
     ]
     for family in (REFERENCE, *FAMILIES):
         times = stats.times[family]

@@ -13,6 +13,8 @@ from harness.fuzz.frames import (
     HARMLESS_COMMANDS,
     LINE_MAX,
     MAILBOX,
+    MAILBOX_ANSWER_BUDGET,
+    MAILBOX_REQUEST_MAX,
     MALFORMED,
     OK,
     OVERSIZED,
@@ -20,6 +22,7 @@ from harness.fuzz.frames import (
     UNKNOWN_COMMAND,
     Expected,
     FrameGenerator,
+    answer_bound,
     expect_com2,
     expect_mailbox,
     expect_request,
@@ -103,7 +106,10 @@ def test_a_line_over_the_limit_is_oversized_and_one_at_the_limit_is_a_request() 
     assert expect_request(at_limit).kind != OVERSIZED
     assert expect_com2(at_limit + b"\n")[0].kind != OVERSIZED
     assert expect_com2(at_limit + b"\r\n") == [Expected(None, OVERSIZED)], "the \\r counts before the newline"
-    assert expect_mailbox(at_limit + b"1") == Expected(None, OVERSIZED)
+    assert expect_mailbox(at_limit + b"1") == [Expected(None, OVERSIZED)]
+    assert expect_mailbox(at_limit + b"\r") == [Expected(None, OVERSIZED)]
+    assert expect_mailbox(b"5 ping\n" + at_limit + b"1\n6 ping") == \
+        [Expected(5, OK, "ping"), Expected(None, OVERSIZED), Expected(6, OK, "ping")]
 
 
 def test_com2_answers_every_line_and_ignores_a_carriage_return_before_the_newline() -> None:
@@ -113,14 +119,35 @@ def test_com2_answers_every_line_and_ignores_a_carriage_return_before_the_newlin
         expect_com2(b"5 hello")
 
 
-def test_a_mailbox_request_has_no_line_ending_so_a_carriage_return_is_a_stray_byte() -> None:
-    assert expect_mailbox(b"5 hello\r") == Expected(5, MALFORMED)
-    assert expect_mailbox(b"5 hello\n") == Expected(5, MALFORMED)
+def test_a_mailbox_request_is_a_batch_of_lines_each_answered_as_on_com2() -> None:
+    def kinds(request: bytes) -> list[tuple[int | None, str]]:
+        return [(a.request_id, a.kind) for a in expect_mailbox(request)]
+    assert kinds(b"5 hello") == [(5, OK)]
+    assert kinds(b"5 hello\r") == [(5, OK)], "a \\r before a line's end is ignored, as on COM2"
+    assert kinds(b"5 hello\n") == [(5, OK)], "a final newline is optional"
+    assert kinds(b"") == [(None, MALFORMED)], "an empty request is one empty line"
+    assert kinds(b"\n") == [(None, MALFORMED)]
+    assert kinds(b"5 hello\n\n") == [(5, OK), (None, MALFORMED)]
+    assert kinds(b"5 ping\r\n6 nope\n7 hel\rlo") == [(5, OK), (6, UNKNOWN_COMMAND), (7, MALFORMED)]
 
 
-def test_a_doorbell_byte_on_com2_is_an_ordinary_line_byte() -> None:
-    assert expect_com2(b"5 hel" + DOORBELL_REQUEST + b"lo\n") == [Expected(5, MALFORMED)]
-    assert expect_com2(DOORBELL_REQUEST + b"5 hello\n") == [Expected(None, MALFORMED)]
+def test_a_mailbox_request_past_the_request_area_is_one_oversized_answer() -> None:
+    line = b"5 ping\n"
+    full = (line * (MAILBOX_REQUEST_MAX // len(line) + 1))[:MAILBOX_REQUEST_MAX]
+    assert len(expect_mailbox(full)) == MAILBOX_REQUEST_MAX // len(line) + 1
+    assert expect_mailbox(full + b"\n") == [Expected(None, OVERSIZED)]
+
+
+def test_a_doorbell_at_the_start_of_a_com2_line_is_dropped_and_elsewhere_is_an_ordinary_byte() -> None:
+    ring = DOORBELL_REQUEST
+    assert expect_com2(b"5 hel" + ring + b"lo\n") == [Expected(5, MALFORMED)]
+    assert expect_com2(ring + b"5 hello\n") == [Expected(5, OK, "hello")]
+    assert expect_com2(ring * 3 + b"5 hello\n" + ring + b"6 ping\n") == \
+        [Expected(5, OK, "hello"), Expected(6, OK, "ping")]
+    assert expect_com2(ring + b"\n") == [Expected(None, MALFORMED)], "what is left is an empty line"
+    assert expect_com2(b"\x065 hello\n") == [Expected(None, MALFORMED)], "0x06 is never a host's doorbell"
+    assert expect_com2(b" " + ring + b"5 hello\n") == [Expected(None, MALFORMED)]
+    assert expect_mailbox(ring + b"5 hello") == [Expected(None, MALFORMED)], "the mailbox has no doorbells"
 
 
 def test_values_and_tokens_follow_the_grammar() -> None:
@@ -172,12 +199,31 @@ def test_without_a_mailbox_every_case_goes_to_com2_and_ends_its_line() -> None:
         assert case.answer_channels() == [COM2] * len(case.expected)
 
 
-def test_doorbell_cases_ring_the_mailbox_and_stray_bytes_join_the_next_com2_line() -> None:
+def test_doorbell_cases_ring_late_and_the_next_com2_line_keeps_its_id() -> None:
     generator = FrameGenerator(2, text=TEXT, mailbox=True)
-    cases = [c for c in (generator.case(i) for i in range(2000)) if c.label == "doorbell"]
+    cases = [c for c in (generator.case(i) for i in range(3000)) if c.label == "doorbell"]
     two_channel = [c for c in cases if [s.channel for s in c.sends] == [MAILBOX, COM2]]
-    assert two_channel, "some doorbell cases post, ring again and send a line"
+    assert two_channel, "some doorbell cases post, ring late and send a line"
     for case in two_channel:
         assert case.sends[1].data.startswith(DOORBELL_REQUEST)
-        assert case.expected[0].kind == OK and case.expected[1] == Expected(None, MALFORMED)
+        assert [a.kind for a in case.expected] == [OK, OK]
         assert case.answer_channels() == [MAILBOX, COM2]
+    assert any(c.sends[0].channel == MAILBOX and c.sends[0].data.startswith(DOORBELL_REQUEST) and
+               c.expected[0] == Expected(None, MALFORMED) for c in cases), "rings inside a mailbox batch"
+
+
+def test_batches_fill_the_request_area_exactly_or_pass_it_and_their_answers_fit_the_mailbox() -> None:
+    generator = FrameGenerator(4, text=TEXT, mailbox=True)
+    cases = [generator.case(i) for i in range(6000)]
+    full = [c for c in cases if c.label == "full batch"]
+    past = [c for c in cases if c.label == "batch past the request area"]
+    batches = [c for c in cases if c.label == "batch"]
+    assert full and past and batches
+    assert all(len(c.sends[0].data) == MAILBOX_REQUEST_MAX and len(c.expected) > 1000 for c in full)
+    assert all(len(c.sends[0].data) > MAILBOX_REQUEST_MAX and c.expected == (Expected(None, OVERSIZED),)
+               for c in past)
+    assert any(len(c.expected) > 1 and c.mailbox_lines() == len(c.expected) for c in batches)
+    for case in cases:
+        for send, answers in zip(case.sends, case.answers, strict=True):
+            if send.channel == MAILBOX:
+                assert sum(map(answer_bound, answers)) <= MAILBOX_ANSWER_BUDGET

@@ -26,10 +26,14 @@ def test_a_seeded_thousand_frames_kill_nothing_and_get_the_documented_answers(vm
 def test_an_answer_other_than_the_documented_one_is_a_finding_with_its_case(vm: Vm, tmp_path: Path) -> None:
     findings = FindingLog(tmp_path / "findings.jsonl")
     runner = FrameRunner(SingleVm(vm), 1, findings)
-    wrong = FrameCase(1, 7, "planted", (Send(COM2, b"5 hello\n"),), (Expected(5, MALFORMED),))
+    wrong = FrameCase(1, 7, "planted", (Send(COM2, b"5 hello\n"),), ((Expected(5, MALFORMED),),))
     problems = runner.run_case(vm, wrong)
     assert problems == ["expected =5 malformed, got =5 ok"]
-    wrong_id = FrameCase(1, 8, "planted", (Send(COM2, b"6 hello\n"),), (Expected(7, OK, "hello"),))
+    wrong_id = FrameCase(1, 8, "planted", (Send(COM2, b"6 hello\n"),), ((Expected(7, OK, "hello"),),))
     assert "wrong id" in runner.run_case(vm, wrong_id)[0]
+    if vm.agent.mailbox is not None:
+        batch = (Send(MAILBOX, b"8 ping\n9 ping"),)
+        wrong_second = FrameCase(1, 9, "planted", batch, ((Expected(8, OK, "ping"), Expected(9, MALFORMED)),))
+        assert runner.run_case(vm, wrong_second) == ["expected =9 malformed, got =9 ok"]
     assert runner.resync(vm) == [], "nothing is left unanswered"
     assert runner.liveness(vm) == ""
