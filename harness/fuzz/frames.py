@@ -43,7 +43,8 @@ RAW_ACCESS_MAX = 4096
 RESERVED_IDS = range(4_000_000_000, 4_000_001_000)
 
 # Every command the agent registers (AGENT_COMMAND in driver_src/agent/*.c), with its signature:
-# one letter per value, i integer, b bytes. tests/unit/test_fuzz_frames.py checks this against the sources.
+# one letter per value, i integer, b bytes. tests/unit/test_fuzz_frames_model.py checks it against the
+# sources.
 AGENT_COMMANDS: dict[str, str] = {
     "ping": "", "hello": "", "boot_phases": "", "boot_report": "", "kernel_info": "", "frame_stats": "",
     "outstanding": "", "copy_pte_va": "", "KeGetCurrentIrql": "", "user_page_allocate": "",

@@ -246,8 +246,8 @@ def report(session: VmSource, seed: int, stats: SoakStats) -> str:
         if not times:
             continue
         sample = Sample(tuple(times))
-        lines.append(f"{family:22} {len(times):>8,} {1 / sample.median:>9,.0f} {sample.median * 1e3:>6.3f} ms  "
-                     f"{sample.median / reference.median:>6.2f}x  {sample.spread()}")
+        lines.append(f"{family:22} {len(times):>8,} {1 / sample.median:>9,.0f} {sample.median * 1e6:>6.1f} us  "
+                     f"{sample.median / reference.median:>6.2f}x  {sample.spread('us')}")
     leaks = ", ".join(f"{k}={v}" for k, v in stats.leaks.items()) or "none"
     lines += [
         f"checkpoints: {stats.checkpoints}; mappings verified three ways: {stats.verified}; reboots: {stats.reboots}",
