@@ -77,7 +77,8 @@ def test_fuzz_and_soak_commands_print_their_figures_and_find_nothing(tmp_path) -
         assert (tmp_path / name / "findings.jsonl").read_text() == ""
     frames = subprocess.run([*MMHIL, *runs["frames"], "--vm-config", "default", "--artifacts", str(tmp_path / "f2")],
                             capture_output=True, text=True, timeout=600).stdout
-    assert re.search(r"^cases run: 300; frames sent: COM2 [\d,]+ lines, mailbox [\d,]+ requests \([\d,]+ lines\)$", frames, re.M)
+    sent = r"^cases run: 300; frames sent: COM2 [\d,]+ lines, mailbox [\d,]+ requests \([\d,]+ lines\)$"
+    assert re.search(sent, frames, re.M), frames
     assert re.search(r"^agent deaths: 0; liveness hellos: 3; boots: 1$", frames, re.M), frames
     assert re.search(r"unexpected replies: 0$", frames, re.M) and re.search(r"^slowest reply: [\d.]+ ms, case \d+",
                                                                             frames, re.M)
