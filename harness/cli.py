@@ -1,4 +1,4 @@
-"""The `mmhil` command: configs, build, run, shell, bench."""
+"""The `mmhil` command: configs, build, run, shell, bench, fuzz, soak."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from harness.agent.codec import decode_value, encode_value
 from harness.build import REPO_ROOT, build_kernel
 from harness.config import DEFAULT_CONFIG_DIR, VmConfig, load_configs, select_configs
 from harness.errors import AgentError, GuestCrash, MmhilError
+from harness.fuzz import cli as fuzz_cli
 from harness.guest import pool_tag
 from harness.probe import probe, qemu_version
 from harness.vm import Vm
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     suite.set_defaults(func=cmd_bench_suite)
     bench_verify.add_parser(bench_sub)
     bench_ddi.add_parser(bench_sub)
+    fuzz_cli.add_parsers(sub)
 
     args = parser.parse_args(argv)
     try:

@@ -60,3 +60,27 @@ def test_bench_ddi_prints_each_path_beside_its_references() -> None:
     assert "0 MmGetPhysicalAddress answers disagreeing with gva2gpa; 0 maps not returning" in out, out
     bad = subprocess.run([*MMHIL, "bench", "ddi", "--calls", "10"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "at least 1000" in bad.stderr
+
+
+def test_fuzz_and_soak_commands_print_their_figures_and_find_nothing(tmp_path) -> None:
+    runs = {
+        "frames": ["fuzz", "frames", "--count", "300", "--seed", "9"],
+        "ddi": ["fuzz", "ddi", "--count", "150", "--seed", "9", "--run-length", "75"],
+        "soak": ["soak", "--calls", "600", "--seed", "9", "--check-every", "300"],
+    }
+    for name, arguments in runs.items():
+        result = subprocess.run([*MMHIL, *arguments, "--vm-config", "default", "--artifacts", str(tmp_path / name)],
+                                capture_output=True, text=True, timeout=600)
+        out = result.stdout
+        assert result.returncode == 0, f"{name}: {out}{result.stderr}"
+        assert re.search(r"^findings: 0 \(", out, re.M), out
+        assert (tmp_path / name / "findings.jsonl").read_text() == ""
+    frames = subprocess.run([*MMHIL, *runs["frames"], "--vm-config", "default", "--artifacts", str(tmp_path / "f2")],
+                            capture_output=True, text=True, timeout=600).stdout
+    sent = r"^cases run: 300; frames sent: COM2 [\d,]+ lines, mailbox [\d,]+ requests \([\d,]+ lines\)$"
+    assert re.search(sent, frames, re.M), frames
+    assert re.search(r"^agent deaths: 0; liveness hellos: 3; boots: 1$", frames, re.M), frames
+    assert re.search(r"unexpected replies: 0$", frames, re.M) and re.search(r"^slowest reply: [\d.]+ ms, case \d+",
+                                                                            frames, re.M)
+    bad = subprocess.run([*MMHIL, "fuzz", "ddi", "--count", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--count" in bad.stderr
