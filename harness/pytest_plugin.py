@@ -220,8 +220,9 @@ def pytest_runtest_makereport(
     return report
 
 
-def _outcome(report: pytest.TestReport) -> str | None:
-    return next((str(v) for k, v in report.user_properties if k == _OUTCOME), None)
+def _outcome(report: pytest.TestReport | pytest.CollectReport) -> str | None:
+    properties = getattr(report, "user_properties", ())  # a CollectReport has none
+    return next((str(v) for k, v in properties if k == _OUTCOME), None)
 
 
 def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, str] | None:

@@ -86,6 +86,14 @@ def test_bad_shard_spec_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*--shard takes I/N*"])
 
 
+def test_a_module_that_fails_to_import_is_a_collection_error_not_a_plugin_crash(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_demo="import no_such_module_anywhere\ndef test_vm(vm): pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*ModuleNotFoundError*no_such_module_anywhere*", "*1 error*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
 def test_gdb_option_waits_for_the_debugger_and_runs_once_it_detaches(pytester: pytest.Pytester) -> None:
     gdb = shutil.which("gdb")
     if gdb is None:
