@@ -38,9 +38,9 @@ representative only when the model predicts the same fault, error code and A/D w
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Final
 
 from harness.matrix.model import (
@@ -171,10 +171,11 @@ def with_accessed_dirty(case: Case, accessed: tuple[bool, ...], dirty: bool, cpu
     p = predict(case, cpu, platform)
     last = len(case.entries) - 1
     entries = tuple(
-        replace(entry, accessed=accessed[i] and p.accessed[i] is not Expect.UNCHANGED,
-                dirty=i == last and dirty and p.dirty[i] is not Expect.UNCHANGED)
-        for i, entry in enumerate(case.entries))
-    return replace(case, entries=entries)
+        Entry(e.present, e.writable, e.user, e.no_execute, accessed[i] and p.accessed[i] is not Expect.UNCHANGED,
+              i == last and dirty and p.dirty[i] is not Expect.UNCHANGED, e.page_size, e.reserved_phys,
+              e.reserved_large)
+        for i, e in enumerate(case.entries))
+    return Case(case.levels, entries, case.controls)
 
 
 def canonical(case: Case, cpu: Cpu, platform: Platform = QEMU_TCG) -> Case:
@@ -241,8 +242,9 @@ def _reserved_stops(levels: int, level: int, c: Controls, cpu: Cpu, platform: Pl
         yield reserved_entry(Reserved.LARGE, level, True, c)
 
 
-def pruned_cases(levels: int, cpu: Cpu, platform: Platform = QEMU_TCG) -> list[Case]:
-    """Every representative of the unpruned space, each once, grouped by controls."""
+@functools.cache
+def pruned_cases(levels: int, cpu: Cpu, platform: Platform = QEMU_TCG) -> tuple[Case, ...]:
+    """Every representative of the unpruned space, each once, sorted by controls (computed once)."""
     space = controls_space(cpu)
     stop_controls = sorted({canonical_controls(c, Outcome.NOT_PRESENT) for c in space}, key=_order)
     leaf_controls = sorted({canonical_controls(c, Outcome.ALLOWED) for c in space}, key=_order)
@@ -262,7 +264,7 @@ def pruned_cases(levels: int, cpu: Cpu, platform: Platform = QEMU_TCG) -> list[C
                                                 _patterns(count, xd_rel, c.nxe)):
                 skeleton = Case(levels, tuple(leaf_walk_entries(levels, rw, us, xd)), c)
                 cases.extend(_accessed_dirty_variants(skeleton, cpu, platform))
-    return sorted(cases, key=lambda case: _order(case.controls))
+    return tuple(sorted(cases, key=lambda case: _order(case.controls)))
 
 
 def _patterns(count: int, relevant: bool, irrelevant: bool) -> list[list[bool]]:

@@ -16,8 +16,9 @@ faults; ``SDM`` is the manual alone.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from harness.oracle.paging import ENTRY_NAMES, MAXPHYADDR
@@ -156,20 +157,32 @@ FAULTING_LEAF_CHOICE: Final = {1: Choice.FAULTING_4K_LEAF_ACCESSED, 2: Choice.FA
 
 @dataclass(frozen=True)
 class Platform:
-    """An implementation of the SDM: which quirks it has and which way it takes each choice."""
+    """An implementation of the SDM: which quirks it has and which way it takes each choice (a choice
+    it does not make accepts either behaviour)."""
 
     name: str
     quirks: frozenset[Quirk] = frozenset()
-    choices: Mapping[Choice, bool] = field(default_factory=dict)
+    choices: frozenset[tuple[Choice, bool]] = frozenset()
 
     def has(self, quirk: Quirk) -> bool:
         return quirk in self.quirks
 
+    def choice(self, choice: Choice) -> bool | None:
+        return self._choices.get(choice)
 
-SDM: Final = Platform("the Intel SDM")
-QEMU_TCG: Final = Platform(
+    @functools.cached_property
+    def _choices(self) -> dict[Choice, bool]:
+        return dict(self.choices)
+
+    @classmethod
+    def make(cls, name: str, quirks: Iterable[Quirk] = (), choices: Mapping[Choice, bool] | None = None) -> Platform:
+        return cls(name, frozenset(quirks), frozenset((choices or {}).items()))
+
+
+SDM: Final = Platform.make("the Intel SDM")
+QEMU_TCG: Final = Platform.make(
     "QEMU 7.2 TCG",
-    frozenset(Quirk),
+    Quirk,
     {
         # mmu_translate sets A in each table entry as soon as it has checked P and the reserved bits,
         # before it reads the next level: a fault further down leaves the tables above accessed.
@@ -195,7 +208,7 @@ class Expect(enum.Enum):
 
 
 def _choice(platform: Platform, choice: Choice) -> Expect:
-    value = platform.choices.get(choice)
+    value = platform.choice(choice)
     if value is None:
         return Expect.EITHER
     return Expect.SET if value else Expect.UNCHANGED
