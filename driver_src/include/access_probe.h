@@ -31,7 +31,8 @@
 #define ACCESS_SPEC_XD BIT(9)             /* bit 63 */
 #define ACCESS_SPEC_RESERVED_PHYS BIT(10) /* the bit at MAXPHYADDR */
 #define ACCESS_SPEC_RESERVED_LARGE BIT(11) /* bit 13 */
-#define ACCESS_SPEC_VALID (ACCESS_SPEC_ENTRY_BITS | ACCESS_SPEC_XD | ACCESS_SPEC_RESERVED_PHYS | ACCESS_SPEC_RESERVED_LARGE)
+#define ACCESS_SPEC_VALID \
+	(ACCESS_SPEC_ENTRY_BITS | ACCESS_SPEC_XD | ACCESS_SPEC_RESERVED_PHYS | ACCESS_SPEC_RESERVED_LARGE)
 #define ACCESS_LARGE_RESERVED_BIT 13
 
 #define ACCESS_OP_READ 0
@@ -102,7 +103,8 @@
 /* What the host needs to find every case's entries in guest RAM and to check what it reads. */
 struct access_probe_info {
 	uint64_t root_pa;        /* the probe space's top-level table: case i's top entry is slot[i] there */
-	uint64_t tables_pa;      /* case i's table for level k (k < levels) is at tables_pa + (i * (levels - 1) + levels - 1 - k) pages */
+	/* case i's table for level k (k < levels) is at tables_pa + (i * (levels - 1) + levels - 1 - k) pages */
+	uint64_t tables_pa;
 	uint64_t code_pa, data_pa; /* the target pages */
 	unsigned slot_count;
 	const uint16_t *slots;   /* the top-level slots cases use, in order */

@@ -76,14 +76,22 @@ _Static_assert(sizeof(struct access_run) == ACCESS_RUN_SIZE, "access_probe.h run
 _Static_assert(__builtin_offsetof(struct access_run, cr0) == ACCESS_RUN_CR0, "access_probe.h run layout");
 _Static_assert(__builtin_offsetof(struct access_run, value) == ACCESS_RUN_VALUE, "access_probe.h run layout");
 _Static_assert(sizeof(struct access_result) == ACCESS_RESULT_SIZE, "access_probe.h result layout");
-_Static_assert(__builtin_offsetof(struct access_result, value) == ACCESS_RESULT_VALUE, "access_probe.h result layout");
-_Static_assert(__builtin_offsetof(struct access_probe_space, state) == ACCESS_SPACE_STATE, "access_probe.h space layout");
-_Static_assert(__builtin_offsetof(struct access_state, runs) == ACCESS_STATE_RUNS, "access_probe.h state layout");
-_Static_assert(__builtin_offsetof(struct access_state, user_rsp) == ACCESS_STATE_USER_RSP, "access_probe.h state layout");
-_Static_assert(__builtin_offsetof(struct access_state, current_efer) == ACCESS_STATE_CURRENT_EFER, "access_probe.h state layout");
-_Static_assert(__builtin_offsetof(struct access_state, kernel_idtr) == ACCESS_STATE_KERNEL_IDTR, "access_probe.h state layout");
-_Static_assert(__builtin_offsetof(struct access_state, probe_idtr) == ACCESS_STATE_PROBE_IDTR, "access_probe.h state layout");
-_Static_assert(__builtin_offsetof(struct access_state, results) == ACCESS_STATE_RESULTS, "access_probe.h state layout");
+_Static_assert(__builtin_offsetof(struct access_result, value) == ACCESS_RESULT_VALUE,
+	       "access_probe.h result layout");
+_Static_assert(__builtin_offsetof(struct access_probe_space, state) == ACCESS_SPACE_STATE,
+	       "access_probe.h space layout");
+_Static_assert(__builtin_offsetof(struct access_state, runs) == ACCESS_STATE_RUNS,
+	       "access_probe.h state layout");
+_Static_assert(__builtin_offsetof(struct access_state, user_rsp) == ACCESS_STATE_USER_RSP,
+	       "access_probe.h state layout");
+_Static_assert(__builtin_offsetof(struct access_state, current_efer) == ACCESS_STATE_CURRENT_EFER,
+	       "access_probe.h state layout");
+_Static_assert(__builtin_offsetof(struct access_state, kernel_idtr) == ACCESS_STATE_KERNEL_IDTR,
+	       "access_probe.h state layout");
+_Static_assert(__builtin_offsetof(struct access_state, probe_idtr) == ACCESS_STATE_PROBE_IDTR,
+	       "access_probe.h state layout");
+_Static_assert(__builtin_offsetof(struct access_state, results) == ACCESS_STATE_RESULTS,
+	       "access_probe.h state layout");
 _Static_assert(sizeof(struct access_state) == ACCESS_STATE_SIZE, "access_probe.h state layout");
 _Static_assert(ACCESS_STACK_SIZE % PAGE_SIZE == 0, "the user stack is a page of its own");
 
@@ -159,8 +167,8 @@ static bool map_probe_page(uint64_t va, uint64_t pa, bool writable, bool user, s
 	if (pt_walk(&tree, va).stop == PT_LEAF)
 		return true;
 	if (!pa || probe.infra_page_count == INFRA_PAGES_MAX) {
-		*refusal = (struct access_probe_refusal){pa ? "too many pages for the probe space" : "a page the CPU needs is not mapped",
-							 -1, va};
+		const char *reason = pa ? "too many pages for the probe space" : "a page the CPU needs is not mapped";
+		*refusal = (struct access_probe_refusal){reason, -1, va};
 		return false;
 	}
 	uint64_t leaf = pa | PTE_P | PTE_A | PTE_D | (writable ? PTE_RW : 0) | (user ? PTE_US : 0);

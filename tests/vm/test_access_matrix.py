@@ -9,6 +9,7 @@ lacks SMEP, SMAP or 1 GiB pages runs the part of the matrix its CPU can express,
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
@@ -43,7 +44,7 @@ def _cpu(vm: Vm) -> Cpu:
     return qemu_cpu(vm)
 
 
-def test_full_pruned_matrix_agrees_with_the_model(vm: Vm, record_property: pytest.RecordProperty) -> None:
+def test_full_pruned_matrix_agrees_with_the_model(vm: Vm, record_property: Callable[[str, object], None]) -> None:
     cpu = _cpu(vm)
     levels = vm.config.paging_levels
     cases = pruned_cases(levels, cpu)
