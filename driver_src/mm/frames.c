@@ -292,9 +292,15 @@ pfn_t frames_alloc_contiguous(uint64_t count, pfn_t lowest, pfn_t highest, uint6
 	for (pfn_t first = highest + 1 - count;; first--) {
 		bool crosses = boundary_pages && first / boundary_pages != (first + count - 1) / boundary_pages;
 		if (!crosses && run_is_free(first, count)) {
+			/* Writing the run's entries may give the database a page from the run itself:
+			 * make them all writable first, then take the run only if it is still free. */
 			for (uint64_t i = 0; i < count; i++)
-				take_free(first + i, purpose);
-			return first;
+				pfn_writable(first + i);
+			if (run_is_free(first, count)) {
+				for (uint64_t i = 0; i < count; i++)
+					take_free(first + i, purpose);
+				return first;
+			}
 		}
 		if (first == lowest)
 			return PFN_NONE;
