@@ -40,6 +40,11 @@
  *
  *   5-level paging: the same regions (all inside PML5 slot 0x1FF); the self-map moves to
  *   PML5 slot 0x1ED, 0xFFED000000000000..0xFFEDFFFFFFFFFFFF.
+ *
+ *   The access probe's private address space (access_probe.h, loaded only during a batch) maps
+ *   none of the above but the probe's own pages (code, data, stacks) and the GDT, TSS and TSS.RSP0
+ *   stack pages, at their kernel VAs, without XD; its ring-3 code and stack at
+ *   ACCESS_PROBE_USER_CODE_VA; and in every other top-level slot one case's chain of entries.
  */
 #pragma once
 #include "const.h"
@@ -72,6 +77,10 @@
 
 #define HAL_BASE U64_C(0xFFFFFFFFFFC00000)
 #define LOCAL_APIC_BASE HAL_BASE
+
+/* In the access probe's space only: its ring-3 code (R X) and stack (RW), both user pages. */
+#define ACCESS_PROBE_USER_CODE_VA U64_C(0x0000000020000000)
+#define ACCESS_PROBE_USER_STACK_VA (ACCESS_PROBE_USER_CODE_VA + 0x1000)
 
 #ifndef __ASSEMBLER__
 #include "paging.h"

@@ -84,3 +84,20 @@ def test_fuzz_and_soak_commands_print_their_figures_and_find_nothing(tmp_path) -
                                                                             frames, re.M)
     bad = subprocess.run([*MMHIL, "fuzz", "ddi", "--count", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--count" in bad.stderr
+
+
+def test_bench_matrix_prints_cases_per_second_per_paging_mode_beside_kvm_unit_tests() -> None:
+    result = subprocess.run([*MMHIL, "bench", "matrix", "--runs", "3"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "kvm-unit-tests access_test at 7,500 cases/s" in out, out
+    for config, levels in (("default", 4), ("la57", 5)):
+        row = rf"^{config}\s+{levels}-level\s+tcg\s+([\d,]+)\s+([\d,]+)\s+([\d.]+) s\s+([\d,]+)\s+([\d.]+)x"
+        m = re.search(row, out, re.M)
+        assert m, f"no line for {config}:\n{out}"
+        pruned, unpruned, cases_per_second = (int(m.group(i).replace(",", "")) for i in (1, 2, 4))
+        assert 0 < pruned < unpruned and cases_per_second > 0
+        assert f"{config} (" in out and "kvm-unit-tests' rate on this config's unpruned matrix" in out
+    assert out.count("disagreements with the model over all runs: 0") == 2, out
+    bad = subprocess.run([*MMHIL, "bench", "matrix", "--runs", "1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "at least 3" in bad.stderr
