@@ -70,6 +70,7 @@ AGENT_COMMANDS: dict[str, str] = {
     "DxgkCbUnmapPhysicalMemory": "iii", "DxgkCbDestroyPhysicalMemoryObject": "ii",
     "DxgkCbOpenPhysicalMemoryObject": "ii", "DxgkCbClosePhysicalMemoryObject": "i", "dxgk_object_info": "i",
     "user_page_free": "i", "user_probe": "iii", "user_kernel_access": "iiii", "user_kernel_execute": "i",
+    "access_probe_setup": "", "access_probe_batch": "b", "access_probe_release": "",
 }
 
 # Commands a case may run to completion: for any values of the right types they only read, and
