@@ -16,6 +16,7 @@
 #include "pagetable.h"
 #include "pic.h"
 #include "pool.h"
+#include "smp.h"
 #include "syspte.h"
 #include "trap.h"
 
@@ -84,6 +85,7 @@ static NORETURN void kernel_run(void)
 	report_frames();
 	report_layout();
 	local_apic_virtual_wire();
+	smp_start_aps();
 	kprintf("mmhil: agent ready\n");
 	agent_run();
 }
@@ -91,6 +93,7 @@ static NORETURN void kernel_run(void)
 void kernel_boot(uint32_t start_info_pa, uint32_t levels)
 {
 	paging_levels = levels;
+	smp_init_bsp();
 	console_init();
 	pic_init();
 	agent_init();
@@ -99,6 +102,7 @@ void kernel_boot(uint32_t start_info_pa, uint32_t levels)
 	cpu_detect();
 	bootinfo_capture(start_info_pa);
 	kprintf("mmhil: cmdline \"%s\"\n", boot_info.cmdline);
+	smp_discover(boot_info.rsdp);
 	report_paging();
 	cpu_enable_features();
 	report_memory_map();

@@ -46,7 +46,11 @@ static struct boot_run boot_runs[BOOT_RUNS_MAX];
 static unsigned boot_run_count;
 static bool database_ready;
 
-/* Frames freed since boot, last freed first; counters kept as frames move. */
+/*
+ * The PFN lock: every change of a frame's state, the free list and the counters, once the database
+ * exists (before, only the BSP runs). Freed frames, last freed first; counters kept as frames move.
+ */
+static KSPIN_LOCK pfn_lock;
 static pfn_t free_head = PFN_NONE;
 static uint64_t total_frames, above_4g_total, above_4g_free;
 static uint64_t state_counts[PFN_STATE_COUNT];
@@ -157,15 +161,8 @@ static pfn_t take_free(pfn_t pfn, enum pfn_state purpose)
 	return pfn;
 }
 
-pfn_t frame_alloc(enum pfn_state purpose)
+static pfn_t alloc_locked(enum pfn_state purpose)
 {
-	if (!database_ready) {
-		pfn_t pfn = carve_frame();
-		if (pfn == PFN_NONE)
-			KeBugCheckEx(INSTALL_MORE_MEMORY, 0, ram[0].first, highest_pfn, 0);
-		log_boot_frame(pfn, purpose);
-		return pfn;
-	}
 	while (free_head != PFN_NONE) {
 		pfn_t pfn = free_head;
 		free_head = pfn_database[pfn].next_free;
@@ -181,6 +178,22 @@ pfn_t frame_alloc(enum pfn_state purpose)
 		if (pfn_database[pfn].state == PFN_FREE)
 			return take_free(pfn, purpose);
 	}
+}
+
+pfn_t frame_alloc(enum pfn_state purpose)
+{
+	if (!database_ready) {
+		pfn_t pfn = carve_frame();
+		if (pfn == PFN_NONE)
+			KeBugCheckEx(INSTALL_MORE_MEMORY, 0, ram[0].first, highest_pfn, 0);
+		log_boot_frame(pfn, purpose);
+		return pfn;
+	}
+	KIRQL irql;
+	KeAcquireSpinLock(&pfn_lock, &irql);
+	pfn_t pfn = alloc_locked(purpose);
+	KeReleaseSpinLock(&pfn_lock, irql);
+	return pfn;
 }
 
 static bool run_is_free(pfn_t first, uint64_t count)
@@ -202,17 +215,23 @@ pfn_t frames_alloc_contiguous(uint64_t count, pfn_t lowest, pfn_t highest, uint6
 		lowest = LOW_MEMORY_END_PFN;
 	if (highest < lowest || highest - lowest + 1 < count)
 		return PFN_NONE;
+	KIRQL irql;
+	KeAcquireSpinLock(&pfn_lock, &irql);
+	pfn_t found = PFN_NONE;
 	/* Highest run first, as frame_alloc() hands out frames. */
 	for (pfn_t first = highest + 1 - count;; first--) {
 		bool crosses = boundary_pages && first / boundary_pages != (first + count - 1) / boundary_pages;
 		if (!crosses && run_is_free(first, count)) {
 			for (uint64_t i = 0; i < count; i++)
 				take_free(first + i, purpose);
-			return first;
+			found = first;
+			break;
 		}
 		if (first == lowest)
-			return PFN_NONE;
+			break;
 	}
+	KeReleaseSpinLock(&pfn_lock, irql);
+	return found;
 }
 
 enum pfn_state frame_state(pfn_t pfn)
@@ -222,17 +241,25 @@ enum pfn_state frame_state(pfn_t pfn)
 
 uint32_t frame_lock(pfn_t pfn)
 {
+	KIRQL irql;
+	KeAcquireSpinLock(&pfn_lock, &irql);
 	enum pfn_state state = frame_state(pfn);
 	if (state == PFN_NOT_RAM || state == PFN_FREE)
 		KeBugCheckEx(MEMORY_MANAGEMENT, MM_LOCK_UNUSABLE_PAGE, pfn, state, 0);
-	return ++pfn_database[pfn].lock_count;
+	uint32_t count = ++pfn_database[pfn].lock_count;
+	KeReleaseSpinLock(&pfn_lock, irql);
+	return count;
 }
 
 uint32_t frame_unlock(pfn_t pfn)
 {
+	KIRQL irql;
+	KeAcquireSpinLock(&pfn_lock, &irql);
 	if (frame_state(pfn) == PFN_NOT_RAM || !pfn_database[pfn].lock_count)
 		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_UNLOCKED_TOO_OFTEN, pfn, 0, 0);
-	return --pfn_database[pfn].lock_count;
+	uint32_t count = --pfn_database[pfn].lock_count;
+	KeReleaseSpinLock(&pfn_lock, irql);
+	return count;
 }
 
 uint32_t frame_lock_count(pfn_t pfn)
@@ -244,11 +271,14 @@ void frame_free(pfn_t pfn, enum pfn_state expected)
 {
 	if (!database_ready || pfn > highest_pfn)
 		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_CORRUPT_STATE, pfn, PFN_NOT_RAM, expected);
+	KIRQL irql;
+	KeAcquireSpinLock(&pfn_lock, &irql);
 	if (pfn_database[pfn].lock_count)
 		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_FREED_WHILE_LOCKED, pfn, pfn_database[pfn].state,
 			     pfn_database[pfn].lock_count);
 	transition(pfn, expected, PFN_FREE);
 	push_free(pfn);
+	KeReleaseSpinLock(&pfn_lock, irql);
 }
 
 static uint64_t frames_above_4g(pfn_t first, pfn_t end)
