@@ -239,14 +239,6 @@ static void stress_cpu(void *argument)
 	interrupts_restore(flags);
 }
 
-static unsigned cpus_in(uint64_t mask)
-{
-	unsigned n = 0;
-	for (; mask; mask &= mask - 1)
-		n++;
-	return n;
-}
-
 static bool anything_kept(void)
 {
 	for (unsigned k = 0; k < MAX_CPUS; k++)
@@ -263,7 +255,7 @@ static bool stress_arguments_ok(const struct request *r, uint64_t family, uint64
 		why = "family must be 1 (pool), 2 (system PTEs) or 3 (reserved mappings)";
 	else if (!mask || (mask & ~(uint64_t)cpus_online))
 		why = "cpu_mask must name online CPUs only, at least one";
-	else if (rounds < 1 || rounds > ROUNDS_MAX || rounds * cpus_in(mask) > CPU_ROUNDS_MAX)
+	else if (rounds < 1 || rounds > ROUNDS_MAX || rounds * cpus_in_set(mask) > CPU_ROUNDS_MAX)
 		why = "rounds must be 1 to 32, and rounds times CPUs at most 128";
 	else if (anything_kept())
 		why = "the allocations of the last smp_stress are still held: smp_stress_release first";
@@ -281,7 +273,7 @@ static void smp_stress(const struct request *r)
 	if (!stress_arguments_ok(r, family, rounds, mask))
 		return;
 	struct stress_run run = {.family = (enum stress_family)family, .rounds = (unsigned)rounds,
-				 .participants = cpus_in(mask)};
+				 .participants = cpus_in_set(mask)};
 	for (unsigned k = 0; k < cpu_count; k++) {
 		if (!(mask & CPU_BIT(k)))
 			continue;

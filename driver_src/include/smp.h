@@ -66,6 +66,14 @@ static inline struct cpu *this_cpu(void)
 	return c;
 }
 
+static inline unsigned cpus_in_set(uint64_t set)
+{
+	unsigned n = 0;
+	for (; set; set &= set - 1)
+		n++;
+	return n;
+}
+
 static inline cpu_set_t cpus_other_than_me(void)
 {
 	return cpus_online & ~CPU_BIT(this_cpu()->index);
@@ -86,8 +94,9 @@ void smp_wait(struct cpu_work *work);
 /* Posts and waits. */
 void smp_run_on(unsigned cpu, void (*run)(void *argument), void *argument);
 
-/* The bugcheck path: stops every other CPU (an NMI each) and waits a bounded time for them. */
-void smp_stop_others(void);
+/* The bugcheck path: stops every other CPU (an NMI each), waits a bounded time for them, and
+ * returns the ones that froze. */
+cpu_set_t smp_stop_others(void);
 /* True once a CPU has begun to stop the machine: an NMI then means "freeze". */
 bool smp_stopping(void);
 NORETURN void smp_freeze(void);

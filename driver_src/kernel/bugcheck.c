@@ -78,7 +78,7 @@ void bugcheck_stop(const struct bugcheck *b)
 	if (stops_entered > 2)
 		exit_crashed();
 
-	smp_stop_others();
+	cpu_set_t frozen = smp_stop_others();
 	first_stop = b;
 	agent_send_bugcheck(b);
 	agent_record_sent = true;
@@ -87,7 +87,11 @@ void bugcheck_stop(const struct bugcheck *b)
 	kprintf("rip 0x%016lx cr3 0x%016lx cpu %u", b->rip, b->cr3, b->cpu);
 	if (b->from_exception)
 		kprintf(" vector %lu error 0x%lx cr2 0x%016lx", b->vector, b->error, b->cr2);
-	kprintf("\nmmhil: stopped\n");
+	kprintf("\n");
+	if (cpu_count > 1)
+		kprintf("mmhil: CPU %u stopped the others first: %u of %u froze (NMI)\n", b->cpu,
+			cpus_in_set(frozen), cpu_count - 1);
+	kprintf("mmhil: stopped\n");
 	exit_crashed();
 }
 

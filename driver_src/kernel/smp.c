@@ -253,13 +253,14 @@ void smp_freeze(void)
 	halt_forever();
 }
 
-void smp_stop_others(void)
+cpu_set_t smp_stop_others(void)
 {
 	cpu_set_t others = cpus_other_than_me();
 	if (!others)
-		return;
+		return 0;
 	local_apic_send_nmi_to_others();
 	uint64_t start = rdtsc();
 	while ((__atomic_load_n(&cpus_frozen, __ATOMIC_SEQ_CST) & others) != others && rdtsc() - start < STOP_TIMEOUT_TICKS)
 		cpu_relax();
+	return __atomic_load_n(&cpus_frozen, __ATOMIC_SEQ_CST) & others;
 }

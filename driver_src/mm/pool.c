@@ -454,12 +454,15 @@ void ExFreePoolWithTag(PVOID P, ULONG Tag)
 		bad_pool_caller(POOL_FREE_USER_ADDRESS, va, system_range_start(), 0, Tag);
 	if (va < nonpaged_pool_base || va >= nonpaged_pool_base + NONPAGED_POOL_SIZE)
 		bad_pool_caller(POOL_NEVER_ALLOCATED, va, 0, 0, Tag);
-	KIRQL irql = KeGetCurrentIrql(), entry_irql;
-	KeAcquireSpinLock(&pool_lock, &entry_irql);
-	enum page_use use = page_use[(va - nonpaged_pool_base) / PAGE_SIZE];
-	bool paged = use == PAGE_SMALL_PAGED || use == PAGE_BIG_PAGED;
+	/* The IRQL rule comes first, before the lock raises the IRQL: the page is the caller's, so its
+	 * use cannot change under this read unless the free is bad anyway. */
+	uint64_t page = (va - nonpaged_pool_base) / PAGE_SIZE;
+	bool paged = page_use[page] == PAGE_SMALL_PAGED || page_use[page] == PAGE_BIG_PAGED;
+	KIRQL irql = KeGetCurrentIrql();
 	if (irql > highest_irql(paged ? KIND_PAGED : KIND_NX))
 		KeBugCheckEx(BAD_POOL_CALLER, POOL_FREE_AT_BAD_IRQL, irql, paged ? PagedPool : NonPagedPool, va);
+	KeAcquireSpinLock(&pool_lock, &irql);
+	enum page_use use = page_use[page];
 	bool page_aligned = !(va & PAGE_OFFSET_MASK);
 	bool big = use == PAGE_BIG || use == PAGE_BIG_PAGED || use == PAGE_UNUSED; /* unused: maybe freed before */
 	if (page_aligned && big)
@@ -468,7 +471,7 @@ void ExFreePoolWithTag(PVOID P, ULONG Tag)
 		free_small(va, Tag);
 	else
 		bad_pool_caller(POOL_INVALID_ADDRESS, va, 0, 0, Tag);
-	KeReleaseSpinLock(&pool_lock, entry_irql);
+	KeReleaseSpinLock(&pool_lock, irql);
 }
 
 void ExFreePool(PVOID P)
