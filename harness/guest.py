@@ -11,6 +11,7 @@ from typing import Protocol
 
 from harness.agent.codec import Value
 from harness.ddi.base import DdiFamily, Transport, pool_tag
+from harness.ddi.batch import Batch, BatchTransport
 from harness.ddi.contiguous import ContiguousDdis
 from harness.ddi.copy import CopyDdis
 from harness.ddi.dxgk import DxgkDdis
@@ -129,3 +130,14 @@ class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, CopyDdis, MdlDdis, Reserv
     def on_cpu(self, cpu: int) -> MemoryManager:
         """The same DDIs, run on CPU `cpu` (0 is the BSP; `vm.vcpus` says how many there are)."""
         return MemoryManager(self._smp, cpu)
+
+    def batch(self, timeout: float | None = None) -> Batch:
+        """Calls made on the returned object inside `with` go to the agent together when the block
+        ends, in as few round trips as the channel allows; each returns a Deferred (harness.ddi.batch).
+        Batches run on the BSP."""
+        transport = self._t
+        if self.cpu is not None:
+            raise TypeError(f"batches run on the BSP: on_cpu({self.cpu}).batch() is not supported")
+        if not isinstance(transport, BatchTransport):
+            raise TypeError(f"{transport.name}: this transport cannot send batches")
+        return Batch(self, transport, timeout)

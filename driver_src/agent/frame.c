@@ -151,7 +151,7 @@ static void send(void)
 	if (out == com2_buffer)
 		write_com2(out, used);
 	else
-		mailbox_publish(used);
+		mailbox_frame_complete(used);
 }
 
 void frame_close(void)
@@ -200,5 +200,5 @@ void frame_abandon(void)
 	if (frame_open && spilled) /* only a spilled frame has shown any of itself */
 		uart_put(COM2_PORT, '\n');
 	frame_open = false;
-	mailbox_end_request(); /* whatever follows goes to COM2 */
+	mailbox_end_request(); /* publishes the whole answers; whatever follows goes to COM2 */
 }

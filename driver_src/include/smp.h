@@ -84,8 +84,11 @@ void smp_init_bsp(void);
 /* At boot, on the stub's identity map: reads the processors from the ACPI MADT the PVH start_info
  * points at (rsdp 0: none given, the BSP runs alone). */
 void smp_discover(uint64_t rsdp_pa);
-/* Once the kernel's tables, frames and local APIC are up: starts every AP the MADT listed. */
+/* Once the kernel's tables, frames and local APIC are up: starts every AP the MADT listed. Only
+ * a failure is printed at boot (an AP that did not come up); the rest waits for smp_report(). */
 void smp_start_aps(void);
+/* For the boot report: what the MADT listed, and which CPUs are online on which APIC IDs. */
+void smp_report(void);
 
 /* Posts work to another online CPU and wakes it; the CPU must have no work pending. */
 void smp_post(unsigned cpu, struct cpu_work *work);

@@ -125,6 +125,12 @@ static inline void outl(uint16_t port, uint32_t v)
 	asm volatile("outl %0, %1" ::"a"(v), "Nd"(port));
 }
 
+/* A spin-wait hint: under TCG it also ends the translation block, so QEMU's other work runs. */
+static inline void cpu_relax(void)
+{
+	asm volatile("pause" ::: "memory");
+}
+
 /*
  * The kernel runs with interrupts off; it takes them only while it waits (here, and in the waits of
  * smp.h). STI delays them by one instruction, so one that became pending after the caller's last
@@ -156,11 +162,6 @@ static inline void interrupts_restore(uint64_t flags)
 		asm volatile("sti" ::: "memory");
 	else
 		asm volatile("cli" ::: "memory");
-}
-
-static inline void cpu_relax(void)
-{
-	asm volatile("pause" ::: "memory");
 }
 
 static inline NORETURN void halt_forever(void)

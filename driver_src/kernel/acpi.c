@@ -75,23 +75,24 @@ static const struct sdt_header *find_madt(const struct rsdp *r)
 	return 0;
 }
 
-static unsigned no_madt(const char *why)
+/* Fills *problem with why no processor list was found (smp_report prints it), and returns 0. */
+static unsigned no_madt(const char **problem, const char *why)
 {
-	kprintf("mmhil: smp: %s: the BSP runs alone\n", why);
+	*problem = why;
 	return 0;
 }
 
-unsigned acpi_processor_apic_ids(uint64_t rsdp_pa, uint32_t *apic_ids, unsigned max)
+unsigned acpi_processor_apic_ids(uint64_t rsdp_pa, uint32_t *apic_ids, unsigned max, const char **problem)
 {
 	const struct rsdp *r = rsdp_pa ? boot_physical(rsdp_pa, RSDP_V2_LENGTH) : 0;
 	if (!r)
-		return no_madt(rsdp_pa ? "the RSDP lies beyond the first GiB" : "the firmware gave no RSDP");
+		return no_madt(problem, rsdp_pa ? "the RSDP lies beyond the first GiB" : "the firmware gave no RSDP");
 	if (memcmp(r->signature, "RSD PTR ", 8) || !sums_to_zero(r, RSDP_V1_LENGTH) ||
 	    (r->revision >= 2 && !sums_to_zero(r, RSDP_V2_LENGTH)))
-		return no_madt("the RSDP is not valid");
+		return no_madt(problem, "the RSDP is not valid");
 	const struct sdt_header *madt = find_madt(r);
 	if (!madt)
-		return no_madt("no valid MADT within the first GiB");
+		return no_madt(problem, "no valid MADT within the first GiB");
 	unsigned count = 0;
 	const uint8_t *entry = (const uint8_t *)madt + MADT_ENTRIES_OFFSET;
 	const uint8_t *end = (const uint8_t *)madt + madt->length;

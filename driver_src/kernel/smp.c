@@ -20,6 +20,7 @@ unsigned cpu_count = 1;
 
 static uint32_t listed_apic_ids[MAX_CPUS];
 static unsigned listed_count;
+static const char *alone_because; /* why no AP was started, when the MADT listed others */
 
 /* MP spec: INIT, 10 ms, SIPI, 200 us, SIPI. An AP that is not up 2 s after its SIPIs stays off. */
 #define INIT_DELAY_TICKS (TSC_ASSUMED_HZ / 100)
@@ -52,13 +53,7 @@ void smp_init_bsp(void)
 
 void smp_discover(uint64_t rsdp_pa)
 {
-	listed_count = acpi_processor_apic_ids(rsdp_pa, listed_apic_ids, MAX_CPUS);
-	if (!listed_count)
-		return;
-	kprintf("mmhil: smp: the MADT lists %u processor%s, APIC IDs", listed_count, listed_count > 1 ? "s" : "");
-	for (unsigned i = 0; i < listed_count; i++)
-		kprintf(" %u", listed_apic_ids[i]);
-	kprintf("\n");
+	listed_count = acpi_processor_apic_ids(rsdp_pa, listed_apic_ids, MAX_CPUS, &alone_because);
 }
 
 static void delay(uint64_t ticks)
@@ -145,8 +140,8 @@ void smp_start_aps(void)
 	if (listed_count <= 1)
 		return;
 	if (!cpu.apic || !trampoline_page_is_ram()) {
-		kprintf("mmhil: smp: %s: the BSP runs alone\n",
-			cpu.apic ? "the AP trampoline page is not RAM" : "no local APIC");
+		alone_because = cpu.apic ? "the AP trampoline page is not RAM" : "no local APIC";
+		kprintf("mmhil: smp: %s: the BSP runs alone\n", alone_because);
 		return;
 	}
 	cpus[0].apic_id = local_apic_id();
@@ -164,7 +159,19 @@ void smp_start_aps(void)
 		else
 			kprintf("mmhil: smp: the processor with APIC ID %u did not come up\n", apic_id);
 	}
-	kprintf("mmhil: smp: %u CPUs online:", cpu_count);
+}
+
+void smp_report(void)
+{
+	if (listed_count) {
+		kprintf("mmhil: smp: the MADT lists %u processor%s, APIC IDs", listed_count, listed_count > 1 ? "s" : "");
+		for (unsigned i = 0; i < listed_count; i++)
+			kprintf(" %u", listed_apic_ids[i]);
+		kprintf("\n");
+	}
+	if (alone_because)
+		kprintf("mmhil: smp: %s: the BSP runs alone\n", alone_because);
+	kprintf("mmhil: smp: %u CPU%s online:", cpu_count, cpu_count > 1 ? "s" : "");
 	for (unsigned k = 0; k < cpu_count; k++)
 		kprintf(" cpu%u=apic%u", k, cpus[k].apic_id);
 	kprintf("\n");
