@@ -18,7 +18,7 @@ next to `mmhil.config`, `mmhil.accelerator`, `mmhil.qemu` and `mmhil.kernel_buil
 outcome is retried once on a fresh VM; a failure never is.
 
 Each failing VM test gets a folder in the artifacts with the console, QMP and agent logs, QEMU's
-stderr, a page-table dump and `repro.sh`, which starts the same VM by hand.
+stderr, a page-table dump, every vCPU's `info registers` and `repro.sh`, which starts the same VM by hand.
 
 Options: --vm-config NAME (repeatable; NAME may be group:G), --vm-accel tcg|kvm|auto,
 --vm-artifacts DIR, --shard I/N, --gdb. Marker:
@@ -299,6 +299,7 @@ def _save_failure_artifacts(vm: Vm, item: pytest.Item) -> Path:
         if log.exists():
             shutil.copy(log, folder / log.name)
     (folder / "page-tables.txt").write_text(vm.page_table_dump() + "\n")
+    (folder / "registers.txt").write_text(vm.register_dump() + "\n")
     repro = folder / "repro.sh"
     repro.write_text(m.repro_script())
     repro.chmod(0o755)

@@ -7,8 +7,8 @@ a walk; MAXPHYADDR and 1 GiB-page support come from the vCPU's QOM properties; o
 QEMU's monitor does not show, comes from the guest.
 
 On an SMP guest every stopped window also checks that the vCPUs agree: as many are in long-mode
-paging as the kernel brought up, and all of them run on one CR3 (the kernel has one address space),
-so one walk answers for every vCPU.
+paging as the kernel brought up, and all of them run on one CR3 (the kernel has one address space)
+in one paging mode (same CR4), so one walk answers for every vCPU.
 
 Guest physical memory is read through the shared RAM backend when QEMU runs on this host with one
 (`vm.machine.shared_ram_fd`), else through the monitor; both are always at hand in a stopped window:
@@ -313,7 +313,7 @@ class Verifier:
                                       + "; ".join(self.layout_problems))
 
     def _check_vcpus_agree(self, cpus: Sequence[CpuState], memory: PhysicalMemory) -> None:
-        """The vCPUs the kernel brought up are all in long-mode paging, on one CR3."""
+        """The vCPUs the kernel brought up are all in long-mode paging, on one CR3, in one mode."""
         paging = [c for c in cpus if c.mode is not None]
         expected = self._vm.vcpus
         problems = []
@@ -324,6 +324,9 @@ class Verifier:
         if len(cr3s) > 1:
             problems.append("the vCPUs run on different page tables (the kernel has one address space); "
                             + self._kernel_half_note(cr3s, paging, memory))
+        if len({(c.mode, c.cr4) for c in paging}) > 1:  # one walk answers for all only in one mode
+            problems.append("the vCPUs walk in different modes: "
+                            + ", ".join(f"vCPU {c.index} CR4={c.cr4:#x}" for c in paging))
         if problems:
             raise VerificationError("the vCPUs disagree: " + "; ".join(problems) + "\n  "
                                     + "\n  ".join(c.describe() for c in cpus))

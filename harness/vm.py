@@ -213,6 +213,14 @@ class Vm:
             self._verifier = Verifier(self)
         return self._verifier
 
+    def register_dump(self) -> str:
+        """Every vCPU's registers as QEMU's `info registers -a` shows them, for a failure report;
+        never raises."""
+        try:
+            return self.qemu.hmp("info registers -a")
+        except Exception as exc:  # a report must not hide the failure it reports
+            return f"(register dump failed: {type(exc).__name__}: {exc})"
+
     def page_table_dump(self) -> str:
         """The page tables as the host walks them, for a failure report; never raises."""
         try:

@@ -31,6 +31,7 @@ REGISTERS = (
     "DR6=00000000ffff0ff0 DR7=0000000000000400\r\nEFER={efer:016x}\r\nFCW=037f FSW=0000\r\n"
 )
 LONG_MODE = {"cr0": 0x80010011, "cr4": 0x003000A0, "efer": 0xD00}
+CR4_SMEP = 1 << 20
 NOT_STARTED = {"cr0": 0x60000010, "cr3": 0, "cr4": 0, "efer": 0}  # an AP still waiting for its SIPI
 
 
@@ -287,6 +288,14 @@ def test_vcpus_on_different_cr3s_fail_every_window_and_say_whether_the_kernel_ha
         verifier(fake_vm).walk(KERNEL_VA)
     assert "kernel halves are NOT the same" in str(caught.value) and "vCPU 1" in str(caught.value)
     assert fake_vm.qmp.running, "the guest runs again after the failed check"
+
+
+def test_vcpus_on_one_cr3_in_different_paging_modes_fail_the_window(fake_vm: FakeVm) -> None:
+    two_vcpus(fake_vm)
+    fake_vm.cpu_registers[1] = {**fake_vm.cpu_registers[1], "cr4": fake_vm.cpu_registers[1]["cr4"] ^ CR4_SMEP}
+    with pytest.raises(VerificationError, match="walk in different modes") as caught:
+        verifier(fake_vm).walk(KERNEL_VA)
+    assert "vCPU 1 CR4=" in str(caught.value)
 
 
 def test_a_vcpu_the_kernel_brought_up_but_not_in_long_mode_fails_the_window(fake_vm: FakeVm) -> None:
