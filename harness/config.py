@@ -8,7 +8,7 @@ A file looks like this (every key but `machine` has a default)::
     cpu = "max"                    # a QEMU -cpu model, with +feature/-feature if wanted
     cpu_features = ["nx"]          # QEMU feature names the tests need; 5-level paging adds "la57"
     paging_levels = 4              # 4 | 5
-    vcpus = 1
+    smp = 1                        # vCPUs, 1..8; under TCG, smp > 1 runs multi-threaded (MTTCG)
     memory_mib = 256
     accelerator = "tcg"            # tcg | kvm | auto (KVM where usable and the features are there)
     ram_backend = "auto"           # auto | shared (/dev/shm file the host maps) | private
@@ -31,6 +31,7 @@ MACHINES = ("microvm", "pc", "q35")
 FIRMWARES = ("default", "seabios", "qboot")
 ACCELERATORS = ("tcg", "kvm", "auto")
 RAM_BACKENDS = ("auto", "shared", "private")
+MAX_SMP = 8  # the guest kernel's MAX_CPUS (driver_src/include/smp.h)
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "vm_images"
 
@@ -45,7 +46,7 @@ class VmConfig:
     cpu: str = "max"
     cpu_features: tuple[str, ...] = ()
     paging_levels: int = 4
-    vcpus: int = 1
+    smp: int = 1
     memory_mib: int = 256
     accelerator: str = "tcg"
     ram_backend: str = "auto"
@@ -77,7 +78,7 @@ _SCHEMA: dict[str, type | tuple[type, ...]] = {
     "cpu": str,
     "cpu_features": list,
     "paging_levels": int,
-    "vcpus": int,
+    "smp": int,
     "memory_mib": int,
     "accelerator": str,
     "ram_backend": str,
@@ -120,8 +121,8 @@ def parse_config(name: str, source: Path, data: dict[str, Any]) -> VmConfig:
         raise ConfigError(source, "firmware", "microvm has no SeaBIOS; use 'default' (its built-in qboot)")
     if data.get("paging_levels", 4) not in (4, 5):
         raise ConfigError(source, "paging_levels", f"must be 4 or 5; got {data['paging_levels']}")
-    if not 1 <= data.get("vcpus", 1) <= 64:
-        raise ConfigError(source, "vcpus", f"must be from 1 to 64; got {data['vcpus']}")
+    if not 1 <= data.get("smp", 1) <= MAX_SMP:
+        raise ConfigError(source, "smp", f"must be from 1 to {MAX_SMP} vCPUs; got {data['smp']}")
     if not 64 <= data.get("memory_mib", 256) <= 1 << 20:
         raise ConfigError(source, "memory_mib", f"must be from 64 to 1048576 MiB; got {data['memory_mib']}")
     if not 0 < data.get("timeout", 30) <= 3600:
@@ -138,7 +139,7 @@ def parse_config(name: str, source: Path, data: dict[str, Any]) -> VmConfig:
         cpu=cpu,
         cpu_features=_string_list(source, "cpu_features", data.get("cpu_features", [])),
         paging_levels=data.get("paging_levels", 4),
-        vcpus=data.get("vcpus", 1),
+        smp=data.get("smp", 1),
         memory_mib=data.get("memory_mib", 256),
         accelerator=data.get("accelerator", "tcg"),
         ram_backend=data.get("ram_backend", "auto"),

@@ -124,6 +124,7 @@ class BugCheckRecord:
     vector: int | None = None
     error_code: int | None = None
     cr2: int | None = None
+    cpu: int | None = None  # the CPU that stopped (None: the record did not say)
 
     def stop_line(self) -> str:
         params = ",".join(f"0x{p:016X}" for p in self.parameters)
@@ -138,9 +139,10 @@ class BugCheck(GuestCrash):
         trap = ""
         if record.vector is not None:
             trap = f" vector=0x{record.vector:x} error=0x{record.error_code or 0:x} cr2=0x{record.cr2 or 0:x}"
+        cpu = "" if record.cpu is None else f" cpu={record.cpu}"
         super().__init__(
             f"{vm}: guest bugcheck\n{record.stop_line()}\n"
-            f"rip=0x{record.rip:x} cr3=0x{record.cr3:x}{trap}\n"
+            f"rip=0x{record.rip:x} cr3=0x{record.cr3:x}{cpu}{trap}\n"
             f"console tail:\n{console_tail.rstrip() or '(empty)'}"
             + (f"\nfull console log: {log}" if log else "")
         )

@@ -7,7 +7,9 @@ frame_stats, outstanding, raw reads and writes). Each method is one agent reques
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Protocol
 
+from harness.agent.codec import Value
 from harness.ddi.base import DdiFamily, Transport, pool_tag
 from harness.ddi.batch import Batch, BatchTransport
 from harness.ddi.contiguous import ContiguousDdis
@@ -18,10 +20,35 @@ from harness.ddi.irql import IrqlDdis
 from harness.ddi.mdl import MdlDdis
 from harness.ddi.pool import NON_PAGED_POOL, NON_PAGED_POOL_NX, PoolDdis
 from harness.ddi.reserved_mapping import ReservedMappingDdis
+from harness.ddi.smp import SmpDdis
 from harness.ddi.usermode import UserModeDdis
 
-__all__ = ["NON_PAGED_POOL", "NON_PAGED_POOL_NX", "FrameStats", "KernelInfo", "MemoryManager", "Transport",
-           "pool_tag"]
+__all__ = ["NON_PAGED_POOL", "NON_PAGED_POOL_NX", "FrameStats", "KernelInfo", "MemoryManager", "SmpTransport",
+           "Transport", "pool_tag"]
+
+
+class SmpTransport(Transport, Protocol):
+    """A transport that can run a request on a given CPU (a Vm)."""
+
+    def request(self, command: str, *args: int | bytes, timeout: float | None = None,
+                cpu: int | None = None) -> dict[str, Value]: ...
+
+
+class OnCpu:
+    """Every request through it runs on one CPU (`cpu=<K>` in the protocol)."""
+
+    def __init__(self, transport: SmpTransport, cpu: int) -> None:
+        if isinstance(cpu, bool) or not isinstance(cpu, int) or cpu < 0:
+            raise ValueError(f"a CPU index is an integer from 0, not {cpu!r}")
+        self._transport = transport
+        self.cpu = cpu
+        self.name = f"{transport.name} CPU {cpu}"
+
+    def request(self, command: str, *args: int | bytes, timeout: float | None = None,
+                cpu: int | None = None) -> dict[str, Value]:
+        if cpu is not None and cpu != self.cpu:
+            raise ValueError(f"{self.name}: a request for CPU {cpu} through the view of CPU {self.cpu}")
+        return self._transport.request(command, *args, timeout=timeout, cpu=self.cpu)
 
 
 @dataclass(frozen=True)
@@ -92,11 +119,25 @@ class AgentCommands(DdiFamily):
 
 
 class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, CopyDdis, MdlDdis, ReservedMappingDdis, IoSpaceDdis,
-                    ContiguousDdis, UserModeDdis, DxgkDdis):
+                    ContiguousDdis, UserModeDdis, DxgkDdis, SmpDdis):
+    """Every DDI family; requests run on the BSP, or for a view from on_cpu(k), on CPU k."""
+
+    def __init__(self, transport: SmpTransport, cpu: int | None = None) -> None:
+        super().__init__(transport if cpu is None else OnCpu(transport, cpu))
+        self._smp = transport
+        self.cpu = cpu
+
+    def on_cpu(self, cpu: int) -> MemoryManager:
+        """The same DDIs, run on CPU `cpu` (0 is the BSP; `vm.vcpus` says how many there are)."""
+        return MemoryManager(self._smp, cpu)
+
     def batch(self, timeout: float | None = None) -> Batch:
         """Calls made on the returned object inside `with` go to the agent together when the block
-        ends, in as few round trips as the channel allows; each returns a Deferred (harness.ddi.batch)."""
+        ends, in as few round trips as the channel allows; each returns a Deferred (harness.ddi.batch).
+        Batches run on the BSP."""
         transport = self._t
+        if self.cpu is not None:
+            raise TypeError(f"batches run on the BSP: on_cpu({self.cpu}).batch() is not supported")
         if not isinstance(transport, BatchTransport):
             raise TypeError(f"{transport.name}: this transport cannot send batches")
         return Batch(self, transport, timeout)

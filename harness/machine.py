@@ -64,12 +64,15 @@ def qemu_arguments(config: VmConfig, plan: LaunchPlan, *, qmp: str, console: str
                    ram_path: str | None) -> list[str]:
     """QEMU's arguments, with the three chardev backends given as chardev option strings."""
     machine = config.machine + (",memory-backend=ram0" if ram_path else "")
+    # Several vCPUs under TCG run one thread each (MTTCG), so each has a TLB of its own that runs
+    # in parallel with the others': a missed TLB shootdown is then observable (docs/smp.md).
+    accel = plan.accelerator + (",thread=multi" if plan.accelerator == "tcg" and config.smp > 1 else "")
     args = [
         "-name", f"mmhil-{config.name},debug-threads=on",
         "-machine", machine,
-        "-accel", plan.accelerator,
+        "-accel", accel,
         "-cpu", config.cpu,
-        "-smp", str(config.vcpus),
+        "-smp", str(config.smp),
         "-m", f"{config.memory_mib}M",
         "-nodefaults", "-no-reboot", "-display", "none", "-S",
         "-chardev", f"{qmp},id=qmp", "-mon", "chardev=qmp,mode=control",

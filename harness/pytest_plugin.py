@@ -18,11 +18,11 @@ next to `mmhil.config`, `mmhil.accelerator`, `mmhil.qemu` and `mmhil.kernel_buil
 outcome is retried once on a fresh VM; a failure never is.
 
 Each failing VM test gets a folder in the artifacts with the console, QMP and agent logs, QEMU's
-stderr, a page-table dump and `repro.sh`, which starts the same VM by hand.
+stderr, a page-table dump, every vCPU's `info registers` and `repro.sh`, which starts the same VM by hand.
 
 Options: --vm-config NAME (repeatable; NAME may be group:G), --vm-accel tcg|kvm|auto,
 --vm-artifacts DIR, --shard I/N, --gdb. Marker:
-@pytest.mark.requires("la57", memory_gib=6, paging=5, accelerator="tcg").
+@pytest.mark.requires("la57", memory_gib=6, paging=5, accelerator="tcg", smp=2).
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: the test runs on a VM (set by mmhil for every VM test)")
     config.addinivalue_line(
         "markers",
-        "requires(*cpu_features, memory_gib=0, paging=None, accelerator=None): run only on VM configs "
-        "that provide these",
+        "requires(*cpu_features, memory_gib=0, paging=None, accelerator=None, smp=1): run only on VM "
+        "configs that provide these",
     )
     _shard(config)
     if config.getoption("--gdb") and getattr(config.option, "numprocesses", None):
@@ -132,6 +132,9 @@ def _unmet(vm_config: VmConfig, marker: pytest.Mark | None) -> str | None:
     accelerator = marker.kwargs.get("accelerator")
     if accelerator is not None and vm_config.accelerator not in (accelerator, "auto"):
         return f"needs {accelerator}; config {vm_config.name} runs {vm_config.accelerator}"
+    smp = marker.kwargs.get("smp", 1)
+    if vm_config.smp < smp:
+        return f"needs {smp} vCPUs; config {vm_config.name} has {vm_config.smp}"
     return None
 
 
@@ -297,6 +300,7 @@ def _save_failure_artifacts(vm: Vm, item: pytest.Item) -> Path:
         if log.exists():
             shutil.copy(log, folder / log.name)
     (folder / "page-tables.txt").write_text(vm.page_table_dump() + "\n")
+    (folder / "registers.txt").write_text(vm.register_dump() + "\n")
     repro = folder / "repro.sh"
     repro.write_text(m.repro_script())
     repro.chmod(0o755)
@@ -392,12 +396,18 @@ def vm_config(request: pytest.FixtureRequest) -> VmConfig:
     return config
 
 
+def _is_irql(key: str) -> bool:
+    return key == "irql" or key.startswith("irql_cpu")  # the serving CPU's, then every other CPU's
+
+
 def leaks(before: dict[str, int], after: dict[str, int]) -> list[str]:
     """What a test left behind: every count of `outstanding` that grew, and an IRQL left raised."""
     found = [f"{key}: {before.get(key, 0)} -> {value}" for key, value in sorted(after.items())
-             if key != "irql" and value > before.get(key, 0)]
-    if after.get("irql", 0) != 0:
-        found.append(f"IRQL left at {after['irql']} (tests return to PASSIVE_LEVEL)")
+             if not _is_irql(key) and value > before.get(key, 0)]
+    for key, value in sorted(after.items()):
+        if _is_irql(key) and value != 0:
+            where = "" if key == "irql" else f" on CPU {key.removeprefix('irql_cpu')}"
+            found.append(f"IRQL left at {value}{where} (tests return to PASSIVE_LEVEL)")
     return found
 
 

@@ -1,10 +1,14 @@
 """Checks of the guest's page tables that trust no guest: `vm.verify`.
 
 Three sources answer every translation: the agent (MmGetPhysicalAddress), the host's own walker
-over guest physical memory, and QEMU's walker (HMP gva2gpa). CR0/CR3/CR4/EFER of every vCPU come
-from QEMU's `info registers`, read with the vCPUs stopped so the tables cannot change under a walk;
-MAXPHYADDR and 1 GiB-page support come from the vCPU's QOM properties; only the PAT MSR, which
+over guest physical memory, and QEMU's walker (HMP gva2gpa, on every vCPU). CR0/CR3/CR4/EFER of every
+vCPU come from QEMU's `info registers`, read with the vCPUs stopped so the tables cannot change under
+a walk; MAXPHYADDR and 1 GiB-page support come from the vCPU's QOM properties; only the PAT MSR, which
 QEMU's monitor does not show, comes from the guest.
+
+On an SMP guest every stopped window also checks that the vCPUs agree: as many are in long-mode
+paging as the kernel brought up, and all of them run on one CR3 (the kernel has one address space)
+in one paging mode (same CR4), so one walk answers for every vCPU.
 
 Guest physical memory is read through the shared RAM backend when QEMU runs on this host with one
 (`vm.machine.shared_ram_fd`), else through the monitor; both are always at hand in a stopped window:
@@ -63,6 +67,7 @@ if TYPE_CHECKING:
     from harness.vm import Vm
 
 _REGISTER = re.compile(r"\b(CR0|CR2|CR3|CR4|EFER|RIP|RSP)=([0-9a-fA-F]+)")
+PAGE_FRAME = 0x000F_FFFF_FFFF_F000  # CR3's table address bits
 _CPU_HEADER = re.compile(r"^CPU#(\d+)\s*$", re.MULTILINE)
 
 AGENT_CHUNK = 4096  # read_va / write_va carry at most this many bytes (docs/agent-protocol.md)
@@ -307,11 +312,42 @@ class Verifier:
             raise InfrastructureError(f"{vm.name}: the host's idea of the RAM layout is wrong: "
                                       + "; ".join(self.layout_problems))
 
+    def _check_vcpus_agree(self, cpus: Sequence[CpuState], memory: PhysicalMemory) -> None:
+        """The vCPUs the kernel brought up are all in long-mode paging, on one CR3, in one mode."""
+        paging = [c for c in cpus if c.mode is not None]
+        expected = self._vm.vcpus
+        problems = []
+        if len(paging) < expected:
+            problems.append(f"the kernel brought up {expected} CPUs, but only {len(paging)} vCPU(s) are in "
+                            f"long-mode paging")
+        cr3s = sorted({c.cr3 for c in paging})
+        if len(cr3s) > 1:
+            problems.append("the vCPUs run on different page tables (the kernel has one address space); "
+                            + self._kernel_half_note(cr3s, paging, memory))
+        if len({(c.mode, c.cr4) for c in paging}) > 1:  # one walk answers for all only in one mode
+            problems.append("the vCPUs walk in different modes: "
+                            + ", ".join(f"vCPU {c.index} CR4={c.cr4:#x}" for c in paging))
+        if problems:
+            raise VerificationError("the vCPUs disagree: " + "; ".join(problems) + "\n  "
+                                    + "\n  ".join(c.describe() for c in cpus))
+
+    @staticmethod
+    def _kernel_half_note(cr3s: Sequence[int], paging: Sequence[CpuState], memory: PhysicalMemory) -> str:
+        """Whether the top-level tables of the CR3s at least share their kernel half (slots 256-511)."""
+        try:
+            halves = {cr3: memory.read((cr3 & PAGE_FRAME) + 256 * 8, 256 * 8) for cr3 in cr3s}
+        except MemoryAccessError as exc:
+            return f"their top-level tables cannot be read: {exc}"
+        shared = len(set(halves.values())) == 1
+        return "their kernel halves are " + ("the same" if shared else "NOT the same") + \
+            f" (CR3s {[hex(c) for c in cr3s]} on vCPUs {[c.index for c in paging]})"
+
     @contextmanager
-    def stopped(self, cpu: int = 0, *, ask_guest: bool = True,
-                timeout: float = QMP_TIMEOUT) -> Iterator[Window]:
-        """Stop the vCPUs (unless already stopped), read every vCPU's paging registers, yield a Window,
-        then let the guest run again. Nested windows share the outer one's stop."""
+    def stopped(self, cpu: int = 0, *, ask_guest: bool = True, timeout: float = QMP_TIMEOUT,
+                check_vcpus: bool = True) -> Iterator[Window]:
+        """Stop the vCPUs (unless already stopped), read every vCPU's paging registers, check that the
+        vCPUs agree (unless check_vcpus is False), yield a Window, then let the guest run again. Nested
+        windows share the outer one's stop."""
         self._require_alive()
         if self._window is not None:
             if self._window.cpu.index != cpu:
@@ -330,6 +366,8 @@ class Verifier:
                 raise VerificationError(f"no vCPU {cpu}; QEMU shows {[c.index for c in cpus]}")
             self.last_cpu = next((c for c in cpus if c.index == 0), chosen)
             self._window = Window(chosen, cpus, self.shared_memory, PageCache(self.monitor_memory))
+            if check_vcpus:
+                self._check_vcpus_agree(cpus, self._window.memory)
             yield self._window
         except BaseException:
             self._window = None
@@ -353,21 +391,26 @@ class Verifier:
             return w.walk(va, backend)
 
     def translate(self, va: int) -> int | None:
-        """The physical address of `va`, asserted equal three ways (agent, host walk, QEMU)."""
+        """The physical address of `va`, asserted equal three ways (agent, host walk, QEMU's gva2gpa on
+        every vCPU the kernel runs)."""
         agent = self._vm.mm.MmGetPhysicalAddress(va)
         with self.stopped() as w:
             host = w.walk(va)
-            qemu = self.gva2gpa(va)
+            qemu = {c.index: self.gva2gpa(va, c.index) for c in w.cpus if c.mode is not None}
         # MmGetPhysicalAddress answers 0 for "no translation" (ddi-spec §3 [DECISION]).
         agent_pa = None if agent == 0 and host.pa != 0 else agent
-        if agent_pa == host.pa == qemu:
+        if all(agent_pa == host.pa == pa for pa in qemu.values()):
             return host.pa
+        def label(k: int) -> str:
+            return "QEMU gva2gpa" if len(qemu) == 1 else f"QEMU gva2gpa, vCPU {k}"
+
+        rows = "".join(f"  {label(k):<28} {_show(pa)}\n" for k, pa in qemu.items())
         raise VerificationError(
             f"translation of {va:#x} disagrees\n"
             f"  {'source':<28} answer\n"
             f"  {'agent MmGetPhysicalAddress':<28} {_show(agent_pa)}\n"
             f"  {'host walk':<28} {_show(host.pa)}\n"
-            f"  {'QEMU gva2gpa':<28} {_show(qemu)}\n"
+            f"{rows}"
             f"host walk:\n{host.describe()}"
         )
 
@@ -446,7 +489,9 @@ class Verifier:
         with self.stopped() as w:
             result = w.translate_many(pages)
             still = [p for p, ok in zip(pages, result.ok.tolist(), strict=True) if ok]
-            qemu_still = [p for p in probes if self.gva2gpa(p) is not None]
+            vcpus = [c.index for c in w.cpus if c.mode is not None] or [0]
+            # The probes go round the vCPUs: each one's gva2gpa walks from its own CR3.
+            qemu_still = [p for k, p in enumerate(probes) if self.gva2gpa(p, vcpus[k % len(vcpus)]) is not None]
             first = w.walk(still[0]).describe() if still else ""
         if still or qemu_still:
             raise VerificationError(f"[{va:#x}, +{length:#x}) is still mapped: host walk sees {len(still)} pages "
@@ -631,7 +676,7 @@ class Verifier:
             what = f"the guest stopped ({type(crash).__name__})" if crash is not None else \
                 f"QEMU is not running (exit status {vm.machine.exit_status})"
             return f"no page-table dump: {what}"
-        with self.stopped(ask_guest=False, timeout=DUMP_QMP_TIMEOUT) as w:
+        with self.stopped(ask_guest=False, timeout=DUMP_QMP_TIMEOUT, check_vcpus=False) as w:
             snap = w.snapshot()
             facts = self._facts
         note = "" if facts is not None and facts.pat_from_guest else \

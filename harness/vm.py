@@ -62,6 +62,7 @@ def bugcheck_record(notice: Notice) -> BugCheckRecord:
         vector=optional("vector"),
         error_code=optional("error"),
         cr2=optional("cr2"),
+        cpu=optional("cpu"),
     )
 
 
@@ -138,6 +139,11 @@ class Vm:
             raise InfrastructureError(
                 f"{self.name}: the config asks for {self.config.paging_levels}-level paging but the kernel "
                 f"runs {hello.values.get('paging')!r}-level (console: {self.machine.console_log})")
+        cpus = hello.values.get("cpus")
+        if cpus != self.config.smp:
+            raise InfrastructureError(
+                f"{self.name}: the config asks for {self.config.smp} vCPU(s) but the kernel brought up "
+                f"{cpus!r} (console: {self.machine.console_log})")
         mem = hello.values.get("mem")
         self.memory_map = parse_memory_map(mem) if isinstance(mem, str) else []
         self._attach_mailbox(hello.values.get("mailbox"))
@@ -207,6 +213,14 @@ class Vm:
             self._verifier = Verifier(self)
         return self._verifier
 
+    def register_dump(self) -> str:
+        """Every vCPU's registers as QEMU's `info registers -a` shows them, for a failure report;
+        never raises."""
+        try:
+            return self.qemu.hmp("info registers -a")
+        except Exception as exc:  # a report must not hide the failure it reports
+            return f"(register dump failed: {type(exc).__name__}: {exc})"
+
     def page_table_dump(self) -> str:
         """The page tables as the host walks them, for a failure report; never raises."""
         try:
@@ -218,16 +232,27 @@ class Vm:
     def alive(self) -> bool:
         return self.crash is None and self.machine.running
 
-    def request(self, command: str, *args: int | bytes, timeout: float | None = None) -> dict[str, Value]:
-        """One agent request; its values, or the verdict on what happened instead."""
+    @property
+    def vcpus(self) -> int:
+        """How many CPUs the kernel brought up (its hello says; boot checked it against the config)."""
+        cpus = self.hello.get("cpus")
+        if isinstance(cpus, bool) or not isinstance(cpus, int):
+            raise InfrastructureError(f"{self.name}: not booted, or the agent's hello names no CPU count")
+        return cpus
+
+    def request(self, command: str, *args: int | bytes, timeout: float | None = None,
+                cpu: int | None = None) -> dict[str, Value]:
+        """One agent request, on CPU `cpu` when given (else the BSP); its values, or the verdict on what
+        happened instead."""
         if self.crash is not None:
             raise self.crash
+        where = "" if cpu is None else f" on CPU {cpu}"
         try:
-            response = self.agent.call(command, *args, timeout=timeout or self.timeout)
+            response = self.agent.call(command, *args, timeout=timeout or self.timeout, cpu=cpu)
         except MmhilError as exc:
-            raise self._verdict(exc, f"the answer to {command}") from exc
+            raise self._verdict(exc, f"the answer to {command}{where}") from exc
         if not response.ok:
-            raise AgentError(self.name, command, response.error_kind, response.error_message)
+            raise AgentError(self.name, command + where, response.error_kind, response.error_message)
         return response.values
 
     def request_batch(self, requests: Sequence[tuple[str, Sequence[int | bytes]]],

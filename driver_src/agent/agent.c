@@ -7,27 +7,12 @@
 #include "uart.h"
 #include "x86.h"
 
-#define COMMAND_ECHO_MAX 64 /* how much of an unknown command name an error repeats */
-
 void agent_init(void)
 {
 	uart_init(COM2_PORT);
 	uart_enable_receive_interrupt(COM2_PORT);
 	pic_unmask(COM2_IRQ);
 	mailbox_init();
-}
-
-static bool values_match(const struct command *c, const struct request *r)
-{
-	size_t wanted = strlen(c->signature);
-	if (r->count != wanted)
-		return false;
-	for (size_t i = 0; i < wanted; i++) {
-		enum value_type type = c->signature[i] == 'b' ? VALUE_BYTES : VALUE_INTEGER;
-		if (r->values[i].type != type)
-			return false;
-	}
-	return true;
 }
 
 static void serve(const char *line, size_t length)
@@ -38,18 +23,7 @@ static void serve(const char *line, size_t length)
 		frame_error(r.id, ERROR_MALFORMED, "%s", why);
 		return;
 	}
-	const struct command *c = command_find(r.command, r.command_length);
-	if (!c) {
-		char name[COMMAND_ECHO_MAX + 1] = {0};
-		memcpy(name, r.command, r.command_length < COMMAND_ECHO_MAX ? r.command_length : COMMAND_ECHO_MAX);
-		frame_error(r.id, ERROR_UNKNOWN_COMMAND, "unknown command %s", name);
-		return;
-	}
-	if (!values_match(c, &r)) {
-		frame_error(r.id, ERROR_BAD_ARGUMENT, "%s takes %s", c->name, c->usage);
-		return;
-	}
-	c->run(&r);
+	dispatch(&r);
 }
 
 /* A mailbox request holds one or more lines, each answered as if it had come alone on COM2. */
@@ -163,6 +137,7 @@ void agent_send_bugcheck(const struct bugcheck *b)
 	frame_string("name", bugcheck_name(b->code));
 	frame_hex("rip", b->rip);
 	frame_hex("cr3", b->cr3);
+	frame_decimal("cpu", b->cpu);
 	if (b->from_exception) {
 		frame_decimal("vector", b->vector);
 		frame_hex("error", b->error);

@@ -7,12 +7,14 @@
 #include "frames.h"
 #include "irql.h"
 #include "kstring.h"
+#include "nofault.h"
 #include "layout.h"
 #include "ntddk.h"
 #include "pagetable.h"
 #include "pool.h"
 #include "protocol.h"
 #include "raw_access.h"
+#include "smp.h"
 #include "x86.h"
 
 #define RAW_ACCESS_MAX 4096
@@ -25,6 +27,7 @@ void hello_keys(void)
 	frame_decimal("proto", PROTOCOL_VERSION);
 	frame_string("build", mmhil_build_id);
 	frame_decimal("paging", paging_levels);
+	frame_decimal("cpus", cpu_count);
 	frame_string("cmdline", boot_info.cmdline);
 	frame_hex("mailbox", mailbox_physical_address());
 	frame_string_open("mem");
@@ -87,8 +90,8 @@ static void kernel_info(const struct request *r)
 	frame_hex("rodata_end", (uint64_t)__rodata_end);
 	frame_hex("data_start", (uint64_t)__data_start);
 	frame_hex("data_end", (uint64_t)__data_end);
-	frame_hex("stack_base", KERNEL_STACK_BASE);
-	frame_hex("stack_top", KERNEL_STACK_TOP);
+	frame_hex("stack_base", this_cpu()->stack_base);
+	frame_hex("stack_top", this_cpu()->stack_top);
 	frame_hex("stack_pointer", read_rsp());
 	frame_hex("physmap_base", PHYSMAP_BASE);
 	frame_hex("physmap_size", physmap_size);
@@ -153,6 +156,25 @@ static void read_va(const struct request *r)
 	frame_close();
 }
 
+/* Through the TLB as it stands: a fault ends the read (copy_nofault) instead of the system. */
+static void read_va_nofault(const struct request *r)
+{
+	uint64_t va = r->values[0].integer, length = r->values[1].integer;
+	if (!raw_range_ok(r, va, length))
+		return;
+	size_t left = copy_nofault(raw_buffer, (const void *)va, length);
+	frame_open_response(r->id);
+	frame_bytes("data", raw_buffer, length - left);
+	frame_boolean("faulted", left != 0);
+	if (left) {
+		const struct absorbed_fault *f = &this_cpu()->last_absorbed_fault;
+		frame_decimal("fault_vector", f->vector);
+		frame_hex("fault_address", f->address);
+		frame_hex("fault_error", f->error);
+	}
+	frame_close();
+}
+
 static void write_va(const struct request *r)
 {
 	uint64_t va = r->values[0].integer, length = r->values[1].length / 2;
@@ -192,10 +214,19 @@ static void lower_irql(const struct request *r)
 	frame_close();
 }
 
+/* The IRQL of this CPU, then of every other one as it last set it (they wait between requests). */
 static void outstanding(const struct request *r)
 {
 	frame_open_response(r->id);
 	frame_decimal("irql", KeGetCurrentIrql());
+	for (unsigned k = 0; k < cpu_count; k++) {
+		if (k == this_cpu()->index)
+			continue;
+		_Static_assert(MAX_CPUS <= 10, "one digit per CPU index");
+		char key[] = "irql_cpu0";
+		key[sizeof(key) - 2] = (char)('0' + k);
+		frame_decimal(key, cpus[k].irql);
+	}
 	outstanding_report();
 	frame_close();
 }
@@ -210,6 +241,7 @@ AGENT_COMMAND("outstanding", "", "no values", outstanding);
 AGENT_COMMAND("MmGetPhysicalAddress", "i", "<va:integer>", get_physical_address);
 AGENT_COMMAND("MmIsAddressValid", "i", "<va:integer>", is_address_valid);
 AGENT_COMMAND("read_va", "ii", "<va:integer> <length:integer>", read_va);
+AGENT_COMMAND("read_va_nofault", "ii", "<va:integer> <length:integer>", read_va_nofault);
 AGENT_COMMAND("write_va", "ib", "<va:integer> <data:bytes>", write_va);
 AGENT_COMMAND("KeGetCurrentIrql", "", "no values", get_current_irql);
 AGENT_COMMAND("KeRaiseIrql", "i", "<new_irql:integer>", raise_irql);

@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include "fmt.h"
 #include "protocol.h"
+#include "smp.h"
 #include "uart.h"
 #include "x86.h"
 
@@ -13,9 +14,13 @@ static char *out;
 static size_t used, limit;
 static bool spilled;
 static bool frame_open;
+/* A response an AP composed (dispatch.c): sent by the BSP, which reads and answers every request. */
+static bool compose_only, composed;
 
-static void begin(void)
+static void begin(bool response)
 {
+	compose_only = response && this_cpu()->index != 0;
+	composed = false;
 	if (mailbox_responding()) {
 		out = mailbox_response_area(&limit);
 	} else {
@@ -81,13 +86,13 @@ static void escaped_sink(void *context, char c)
 
 void frame_open_response(uint32_t id)
 {
-	begin();
+	begin(true);
 	raw_printf("=%u ok", id);
 }
 
 void frame_open_event(const char *name)
 {
-	begin();
+	begin(false);
 	put('!');
 	put_text(name);
 }
@@ -141,16 +146,31 @@ void frame_bytes(const char *key, const uint8_t *data, size_t length)
 	}
 }
 
+static void send(void)
+{
+	if (out == com2_buffer)
+		write_com2(out, used);
+	else
+		mailbox_frame_complete(used);
+}
+
 void frame_close(void)
 {
 	put('\n');
 	frame_open = false;
 	if (spilled)
 		return;
-	if (out == com2_buffer)
-		write_com2(out, used);
+	if (compose_only)
+		composed = true;
 	else
-		mailbox_frame_complete(used);
+		send();
+}
+
+void frame_send_composed(void)
+{
+	if (composed)
+		send();
+	composed = false;
 }
 
 void frame_error(uint32_t id, enum error_kind kind, const char *format, ...)
@@ -161,7 +181,7 @@ void frame_error(uint32_t id, enum error_kind kind, const char *format, ...)
 		[ERROR_UNKNOWN_COMMAND] = "unknown-command",
 		[ERROR_BAD_ARGUMENT] = "bad-argument",
 	};
-	begin();
+	begin(true);
 	if (id == ID_UNREADABLE)
 		raw_printf("=? err %s", kinds[kind]);
 	else

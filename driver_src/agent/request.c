@@ -1,5 +1,9 @@
-/* `<id> <command> [<value> ...]`: tokens separated by single spaces. */
+/* `<id> [cpu=<K>] <command> [<value> ...]`: tokens separated by single spaces. */
+#include "kstring.h"
 #include "protocol.h"
+
+#define CPU_KEY "cpu="
+#define CPU_KEY_LENGTH 4
 
 static bool parse_id(const char *t, size_t n, uint32_t *id)
 {
@@ -65,6 +69,19 @@ bool request_parse(const char *line, size_t length, struct request *r, const cha
 	if (!id_read) {
 		*why = length ? "the line does not start with an id from 1 to 4294967295" : "empty line";
 		return false;
+	}
+	/* The CPU token: its value is checked as a value here, against the online CPUs by dispatch(). */
+	if (length - pos > CPU_KEY_LENGTH && !memcmp(line + pos + 1, CPU_KEY, CPU_KEY_LENGTH)) {
+		pos++;
+		const char *token;
+		size_t token_length;
+		if (!next_token(line, length, &pos, &token, &token_length, why))
+			return false;
+		if (!value_parse(token + CPU_KEY_LENGTH, token_length - CPU_KEY_LENGTH, &r->cpu)) {
+			*why = "the cpu= value does not parse";
+			return false;
+		}
+		r->cpu_given = true;
 	}
 	if (pos == length) {
 		*why = "no command";

@@ -233,7 +233,7 @@ no_long_mode_console:
 	.ascii "0x0000000000000000,0x0000000000000000)\nUNSUPPORTED_PROCESSOR\n"
 	.asciz "mmhil: this CPU has no long mode (CPUID 0x80000001 EDX bit 29)\n"
 no_long_mode_agent:
-	.asciz "!bugcheck code=0x5d p1=0x0 p2=0x0 p3=0x0 p4=0x0 name=\"UNSUPPORTED_PROCESSOR\" rip=0x0 cr3=0x0\n"
+	.asciz "!bugcheck code=0x5d p1=0x0 p2=0x0 p3=0x0 p4=0x0 name=\"UNSUPPORTED_PROCESSOR\" rip=0x0 cr3=0x0 cpu=0\n"
 
 	.data
 	.balign 8
@@ -247,6 +247,7 @@ boot_gdt_descriptor:
 
 	.bss
 	.balign PAGE_SIZE
+	.globl boot_pml5, boot_pml4 /* the APs enter long mode on these tables (kernel/smp.c) */
 boot_pml5:
 	.skip PAGE_SIZE
 boot_pml4:

@@ -14,6 +14,7 @@ enum boot_phase {
 	BOOT_ADDRESS_SPACE, /* the kernel's own tables, CR3 switched */
 	BOOT_PFN_DATABASE,
 	BOOT_MEMORY_MANAGER, /* pool, system PTEs, copy window */
+	BOOT_APS,           /* the other CPUs started (smp.c) */
 	BOOT_HELLO,         /* reports printed, agent about to say hello */
 	BOOT_PHASE_COUNT,
 };

@@ -8,6 +8,7 @@ struct bugcheck {
 	uint32_t code;
 	uint64_t parameters[4];
 	uint64_t rip, cr3;
+	unsigned cpu;        /* the CPU that stopped */
 	bool from_exception; /* vector, error and cr2 are meaningful */
 	uint64_t vector, error, cr2;
 };

@@ -4,6 +4,7 @@
 
 #define IRQL_NOT_GREATER_OR_EQUAL 0x09
 #define IRQL_NOT_LESS_OR_EQUAL 0x0A
+#define SPIN_LOCK_ALREADY_OWNED 0x0F
 #define MEMORY_MANAGEMENT 0x1A
 #define KMODE_EXCEPTION_NOT_HANDLED 0x1E
 #define PHASE0_INITIALIZATION_FAILED 0x31
@@ -25,6 +26,7 @@
 #define SYSTEM_PTE_MISUSE 0xDA
 #define ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY 0xFC
 #define INVALID_MDL_RANGE 0x12E
+#define IPI_WATCHDOG_TIMEOUT 0x1DB
 
 /* Family-specific subcodes live with their family's header (mdl.h, syspte.h, ...); the ones
  * shared by several families are here. */

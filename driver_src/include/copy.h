@@ -16,7 +16,7 @@ typedef struct _MM_COPY_ADDRESS {
 NTSTATUS MmCopyMemory(PVOID TargetAddress, MM_COPY_ADDRESS SourceAddress, SIZE_T NumberOfBytes, ULONG Flags,
 		      PSIZE_T NumberOfBytesTransferred);
 
-/* Builds the page table of the copy window (layout.h), once, at boot. */
+/* Builds the page table of the copy windows (layout.h), once, at boot. */
 void copy_init(void);
-/* The VA the copy PTE maps (its PTE is zero between copies). */
+/* The VA this CPU's copy PTE maps (its PTE is zero between copies). */
 uint64_t copy_pte_va(void);

@@ -17,12 +17,19 @@
  *   0xFFFFF68000000000 +------------------------------------------------+
  *                      | self-map, 4-level: PML4 slot 0x1ED (PTE_BASE)   |
  *   0xFFFFF70000000000 +------------------------------------------------+
- *                      | hyperspace: MmCopyMemory's copy window, 1 page  |
+ *                      | hyperspace: MmCopyMemory's copy windows, one    |
+ *                      | page per CPU (CPU k's at +k pages), not global  |
  *   0xFFFFF80000000000 | loader mappings                                 |
  *   0xFFFFF80000200000 |   kernel image, 4 KiB pages: text RX,           |
  *                      |   rodata R NX, data+bss RW NX                   |
- *   0xFFFFF80040000000 |   guard page (never mapped)                     |
- *   0xFFFFF80040001000 |   kernel stack, 16 KiB RW NX                    |
+ *   0xFFFFF80040000000 |   per-CPU stacks, 128 KiB of VA per CPU (CPU k  |
+ *                      |   at +k * 0x20000), RW NX, each stack above a   |
+ *                      |   guard page that is never mapped:              |
+ *                      |   +0x00000 guard, +0x01000 kernel stack 16 KiB  |
+ *                      |   APs only (the BSP's are in the image's bss):  |
+ *                      |   +0x05000 guard, +0x06000 ring-0 stack 8 KiB,  |
+ *                      |   then guard + 8 KiB for the #DF, NMI and #MC   |
+ *                      |   IST stacks; up to +0x11000                    |
  *   0xFFFFF98000000000 +------------------------------------------------+
  *                      | system PTEs: 22000 pages, 4 KiB only, tables    |
  *                      | built at boot; every mapping DDI maps here      |
@@ -45,6 +52,9 @@
  *   none of the above but the probe's own pages (code, data, stacks) and the GDT, TSS and TSS.RSP0
  *   stack pages, at their kernel VAs, without XD; its ring-3 code and stack at
  *   ACCESS_PROBE_USER_CODE_VA; and in every other top-level slot one case's chain of entries.
+ *
+ *   Physical: the APs' real-mode start-up code is copied to AP_TRAMPOLINE_PA, a page of the
+ *   firmware RAM below 1 MiB that the frame allocator never hands out (kernel/smp.c).
  */
 #pragma once
 #include "const.h"
@@ -62,13 +72,27 @@
 #define PHYSMAP_BASE U64_C(0xFFFF880000000000)
 #define PHYSMAP_LIMIT U64_C(0xFFFFF68000000000) /* the 4-level self-map starts here */
 
-#define KERNEL_STACK_GUARD U64_C(0xFFFFF80040000000)
-#define KERNEL_STACK_BASE (KERNEL_STACK_GUARD + 0x1000)
+/* CPU k's stacks: its slot starts with a guard page, then the kernel stack (CPU 0's is the boot one). */
+#define CPU_STACKS_BASE U64_C(0xFFFFF80040000000)
+#define CPU_STACKS_STRIDE 0x20000
 #define KERNEL_STACK_SIZE 0x4000
-#define KERNEL_STACK_TOP (KERNEL_STACK_BASE + KERNEL_STACK_SIZE)
+#define CPU_KERNEL_STACK_BASE(k) (CPU_STACKS_BASE + (uint64_t)(k) * CPU_STACKS_STRIDE + 0x1000)
+#define CPU_KERNEL_STACK_TOP(k) (CPU_KERNEL_STACK_BASE(k) + KERNEL_STACK_SIZE)
+/* An AP's ring-0 stack (n = 0) and IST stacks (n = 1..3), each above a guard page. */
+#define CPU_AUX_STACK_SIZE 0x2000
+#define CPU_AUX_STACK_BASE(k, n) \
+	(CPU_KERNEL_STACK_TOP(k) + 0x1000 + (uint64_t)(n) * (CPU_AUX_STACK_SIZE + 0x1000))
+#define CPU_AUX_STACKS 4
+#define KERNEL_STACK_GUARD CPU_STACKS_BASE
+#define KERNEL_STACK_BASE CPU_KERNEL_STACK_BASE(0)
+#define KERNEL_STACK_TOP CPU_KERNEL_STACK_TOP(0)
 
 #define HYPERSPACE_BASE U64_C(0xFFFFF70000000000)
-#define COPY_WINDOW_VA HYPERSPACE_BASE /* MmCopyMemory maps physical sources here, a page at a time */
+/* MmCopyMemory maps physical sources here, a page at a time: one window per CPU. */
+#define COPY_WINDOW_VA(k) (HYPERSPACE_BASE + (uint64_t)(k) * 0x1000)
+
+/* The APs' real-mode entry (SIPI vector AP_TRAMPOLINE_PA >> 12): page aligned, below 1 MiB. */
+#define AP_TRAMPOLINE_PA 0x8000
 
 #define SYSTEM_PTE_BASE U64_C(0xFFFFF98000000000)
 #define PFN_DATABASE_BASE U64_C(0xFFFFFA8000000000)
@@ -89,6 +113,8 @@ _Static_assert(LEVEL_INDEX(KERNEL_VIRT_BASE, 4) == KERNEL_PML4_SLOT, "boot stub 
 _Static_assert(LEVEL_INDEX(KERNEL_VIRT_BASE, 5) == KERNEL_PML5_SLOT, "boot stub kernel slot");
 _Static_assert(KERNEL_PHYS_BASE % LEVEL_SIZE(2) == 0, "boot stub maps the image with 2 MiB pages");
 _Static_assert(LEVEL_INDEX(PHYSMAP_BASE, 4) != SELFMAP_SLOT, "physmap clear of the self-map");
+_Static_assert(AP_TRAMPOLINE_PA % PAGE_SIZE == 0 && AP_TRAMPOLINE_PA < 0x100000, "SIPI vector");
+_Static_assert(CPU_AUX_STACK_BASE(0, CPU_AUX_STACKS) <= CPU_STACKS_BASE + CPU_STACKS_STRIDE, "CPU stack slot");
 
 /* Linker-script symbols: the image's sections, each page aligned. */
 extern char __image_start[], __text_start[], __text_end[], __rodata_start[], __rodata_end[];

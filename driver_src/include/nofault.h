@@ -19,8 +19,8 @@ uint64_t exception_fixup_for(uint64_t rip);
 /* Copies n bytes in order; returns how many were NOT copied (0: all), stopping at the first fault. */
 MUST_USE size_t copy_nofault(void *dst, const void *src, size_t n);
 
-/* The last fault a fixup absorbed: where, and the #PF error code (0 for #GP). */
+/* The last fault a fixup absorbed on a CPU (struct cpu, smp.h): where, and the #PF error code (0
+ * for #GP). */
 struct absorbed_fault {
 	uint64_t vector, address, error;
 };
-extern struct absorbed_fault last_absorbed_fault;

@@ -70,6 +70,14 @@ typedef enum {
 	NonPagedPoolNx = 512,
 } POOL_TYPE;
 
+typedef KIRQL *PKIRQL;
+typedef ULONG_PTR KSPIN_LOCK; /* [DECISION] 0 free, else the owner's CPU index + 1 */
+typedef KSPIN_LOCK *PKSPIN_LOCK;
+
+/* kernel/spinlock.c: raise to DISPATCH_LEVEL, then spin with interrupts enabled. */
+void KeAcquireSpinLock(PKSPIN_LOCK SpinLock, PKIRQL OldIrql);
+void KeReleaseSpinLock(PKSPIN_LOCK SpinLock, KIRQL NewIrql);
+
 /* mm/query.c */
 PHYSICAL_ADDRESS MmGetPhysicalAddress(PVOID BaseAddress);
 BOOLEAN MmIsAddressValid(PVOID VirtualAddress);

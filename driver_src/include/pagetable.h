@@ -15,12 +15,19 @@ extern unsigned paging_levels; /* 4 or 5, as the boot stub set up */
 
 struct pt_view {
 	bool live;        /* the tree CR3 points at: reached through the self-map, changes need INVLPG */
+	bool private;     /* live, and its VAs are this CPU's alone (a per-CPU window): flushes stay local */
 	uint64_t root_pa; /* otherwise: its top-level table, reached through the physmap */
 };
 
+/* The live tree, shared by every CPU: a cleared entry is shot down on every other online CPU. */
 static inline struct pt_view pt_live(void)
 {
 	return (struct pt_view){.live = true};
+}
+
+static inline struct pt_view pt_live_private(void)
+{
+	return (struct pt_view){.live = true, .private = true};
 }
 
 static inline struct pt_view pt_tree(uint64_t root_pa)
@@ -62,6 +69,7 @@ struct tlb_flush {
 	bool changed;     /* false: nothing was written (pt_set could not get a table frame) */
 	bool live;
 	bool was_present; /* the old entry was present: a CPU may hold its translation */
+	uint32_t cpus;    /* the CPUs that may hold it (a cpu_set_t, smp.h): none for pt_set's */
 };
 
 /* Creates the tables above level for va, so that its level entry exists; false when no frame is left. */
@@ -77,7 +85,17 @@ MUST_USE struct tlb_flush pt_set(const struct pt_view *view, uint64_t va, unsign
 MUST_USE struct tlb_flush pt_set_range(const struct pt_view *view, uint64_t va, uint64_t pages, uint64_t first_entry,
 				       uint64_t pa_step);
 /* Clears the leaf that maps va and returns its old value; va must be mapped. */
+/* Replaces the 4 KiB leaf that maps va with entry in one store, so a CPU reading va meanwhile sees
+ * the old page or the new one, never a fault; va must be mapped. */
+MUST_USE struct tlb_flush pt_replace(const struct pt_view *view, uint64_t va, uint64_t entry);
 MUST_USE struct tlb_flush pt_clear(const struct pt_view *view, uint64_t va, uint64_t *old_entry);
+/*
+ * mm/tlb.c. INVLPG here, then, when other CPUs may hold the old translation, a TLB shootdown: an
+ * IPI to each of them, and a wait (interrupts enabled) until every one has flushed, so on return
+ * no CPU can use the old translation. A shootdown unanswered for 5 s stops the kernel with
+ * IPI_WATCHDOG_TIMEOUT (P1 the TSC rate assumed, P2 the TSC now, P3 when the wait began, P4 the
+ * CPUs that did not answer).
+ */
 void tlb_flush(struct tlb_flush token);
 /*
  * Consumes a token whose old entry was not present (pt_set's): no CPU caches a not-present
@@ -85,6 +103,11 @@ void tlb_flush(struct tlb_flush token);
  * needless INVLPG from hiding a missing one elsewhere. A token from pt_clear bugchecks here.
  */
 void tlb_flush_not_needed(struct tlb_flush token);
+/* The shootdown IPI's handler: flushes what the initiators asked, and tells each it is done. */
+void tlb_shootdown_interrupt(void);
+/* TEST HOOK (agent/cmd_tlb_hook.c): the next count flushes that need a shootdown skip it (the local
+ * INVLPG still happens), so a test can show the stale translation another CPU keeps. */
+void tlb_skip_remote_flushes(uint64_t count);
 
 enum protection {
 	PROT_READ,

@@ -69,6 +69,8 @@ enum error_kind { ERROR_MALFORMED, ERROR_OVERSIZED, ERROR_UNKNOWN_COMMAND, ERROR
 
 struct request {
 	uint32_t id;
+	bool cpu_given;   /* `cpu=<K>` followed the id: the request runs on CPU K */
+	struct value cpu; /* K as it was spelt (dispatch() checks it is an online CPU) */
 	const char *command;
 	size_t command_length;
 	unsigned count; /* values given, even beyond VALUES_MAX */
@@ -77,6 +79,13 @@ struct request {
 
 /* False for a malformed line: *why says what is wrong, request->id is set when it could be read. */
 bool request_parse(const char *line, size_t length, struct request *request, const char **why);
+
+/*
+ * dispatch.c: answers a parsed request with exactly one frame. The command must exist, the CPU be
+ * online and the values fit the command's signature; then the command runs, on this CPU or, for
+ * `cpu=<K>`, on CPU K (smp.h), which composes the answer while this CPU waits and then sends it.
+ */
+void dispatch(const struct request *request);
 
 /*
  * frame.c: one frame at a time, composed whole and sent by frame_close(): into the mailbox while
@@ -93,7 +102,9 @@ void frame_string_open(const char *key);
 void frame_string_printf(const char *format, ...) PRINTF_LIKE(1, 2);
 void frame_string_close(void);
 void frame_bytes(const char *key, const uint8_t *data, size_t length);
+/* Ends the frame and sends it; a response composed on an AP waits for the BSP's frame_send_composed(). */
 void frame_close(void);
+void frame_send_composed(void);
 void frame_error(uint32_t id, enum error_kind kind, const char *format, ...) PRINTF_LIKE(3, 4);
 /* Ends a frame cut short by a bugcheck, so the record starts on a line of its own. */
 void frame_abandon(void);

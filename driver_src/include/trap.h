@@ -11,7 +11,10 @@ struct trap_frame {
 	uint64_t rip, cs, rflags, rsp, ss;
 };
 
+/* On the BSP: the IDT, and the BSP's GDT and TSS. */
 void trap_init(void);
+/* On an AP: its own GDT and TSS (IST and ring-0 stacks in its stack slot, layout.h), the shared IDT. */
+void trap_init_ap(unsigned cpu);
 /* Called by boot/traps.S for vectors 0-31: returns only after resuming an expected fault at its
  * fixup; any other exception becomes a bugcheck. */
 void trap_handle(struct trap_frame *frame);

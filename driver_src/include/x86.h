@@ -14,6 +14,8 @@
 #define EFER_NXE BIT(11)
 #define MSR_PAT 0x277
 #define MSR_APIC_BASE 0x1B /* bits 12..51: the local APIC's register page */
+#define MSR_GS_BASE 0xC0000101
+#define RFLAGS_IF BIT(9)
 
 /* CPUID feature bits, as bit numbers in the named leaf's register. */
 #define CPUID_1_EDX_APIC 9
@@ -123,20 +125,43 @@ static inline void outl(uint16_t port, uint32_t v)
 	asm volatile("outl %0, %1" ::"a"(v), "Nd"(port));
 }
 
-/*
- * The kernel runs with interrupts off; it takes them only here. STI delays them by one instruction,
- * so one that became pending after the caller's last check still wakes the HLT instead of being
- * taken before it (and slept through).
- */
 /* A spin-wait hint: under TCG it also ends the translation block, so QEMU's other work runs. */
 static inline void cpu_relax(void)
 {
 	asm volatile("pause" ::: "memory");
 }
 
+/*
+ * The kernel runs with interrupts off; it takes them only while it waits (here, and in the waits of
+ * smp.h). STI delays them by one instruction, so one that became pending after the caller's last
+ * check still wakes the HLT instead of being taken before it (and slept through).
+ */
 static inline void halt_until_interrupt(void)
 {
 	asm volatile("sti; hlt; cli" ::: "memory");
+}
+
+/* Interrupts enabled or disabled around a wait or a short sequence; the old RFLAGS restores them. */
+static inline uint64_t interrupts_save_enable(void)
+{
+	uint64_t flags;
+	asm volatile("pushfq; pop %0; sti" : "=r"(flags) : : "memory");
+	return flags;
+}
+
+static inline uint64_t interrupts_save_disable(void)
+{
+	uint64_t flags;
+	asm volatile("pushfq; pop %0; cli" : "=r"(flags) : : "memory");
+	return flags;
+}
+
+static inline void interrupts_restore(uint64_t flags)
+{
+	if (flags & RFLAGS_IF)
+		asm volatile("sti" ::: "memory");
+	else
+		asm volatile("cli" ::: "memory");
 }
 
 static inline NORETURN void halt_forever(void)

@@ -12,6 +12,7 @@ static const char *const names[BOOT_PHASE_COUNT] = {
 	[BOOT_ADDRESS_SPACE] = "address_space",
 	[BOOT_PFN_DATABASE] = "pfn_database",
 	[BOOT_MEMORY_MANAGER] = "memory_manager",
+	[BOOT_APS] = "aps",
 	[BOOT_HELLO] = "hello",
 };
 

@@ -12,6 +12,7 @@
 #include "layout.h"
 #include "pagetable.h"
 #include "pool.h"
+#include "smp.h"
 #include "syspte.h"
 
 static void report_paging(void)
@@ -64,4 +65,5 @@ void boot_report_print(void)
 	report_memory_map();
 	report_frames();
 	report_layout();
+	smp_report();
 }

@@ -23,14 +23,20 @@ struct hvm_memmap_table_entry {
 
 struct boot_info boot_info;
 
+const void *boot_physical(uint64_t pa, uint64_t size)
+{
+	return pa < BOOT_MAP_LIMIT && size <= BOOT_MAP_LIMIT - pa ? (const void *)pa : 0;
+}
+
 /* Boot-time physical access goes through the stub's identity map of the first GiB. */
 static const void *boot_identity(uint64_t pa, uint64_t size)
 {
-	if (pa >= BOOT_MAP_LIMIT || size > BOOT_MAP_LIMIT - pa) {
+	const void *p = boot_physical(pa, size);
+	if (!p) {
 		kprintf("mmhil: boot data at 0x%lx (+0x%lx) lies outside the first GiB\n", pa, size);
 		KeBugCheckEx(PHASE0_INITIALIZATION_FAILED, BOOT_OUT_OF_REACH, pa, size, 0);
 	}
-	return (const void *)pa;
+	return p;
 }
 
 static void capture_cmdline(uint64_t pa)
@@ -80,6 +86,7 @@ void bootinfo_capture(uint32_t start_info_pa)
 	}
 	capture_cmdline(si->cmdline_paddr);
 	capture_memmap(si);
+	boot_info.rsdp = si->rsdp_paddr;
 }
 
 bool cmdline_value(const char *key, const char **value, size_t *length)

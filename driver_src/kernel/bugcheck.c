@@ -3,9 +3,11 @@
 #include "bugcodes.h"
 #include "console.h"
 #include "ntddk.h"
+#include "smp.h"
 #include "uart.h"
 #include "x86.h"
 
+/* Only the CPU that claimed the stop (smp_claim_stop) touches these. */
 static unsigned stops_entered;
 static const struct bugcheck *first_stop;
 static bool agent_record_sent;
@@ -54,29 +56,42 @@ static NORETURN void nested_stop(const struct bugcheck *nested)
 		put_text(COM2_PORT, bugcheck_name(b->code));
 		put_key_hex(COM2_PORT, "\" rip=", b->rip);
 		put_key_hex(COM2_PORT, " cr3=", b->cr3);
+		put_key_hex(COM2_PORT, " cpu=", b->cpu);
 		uart_put(COM2_PORT, '\n');
 	}
 	exit_crashed();
 }
 
+/*
+ * The first CPU to stop the machine owns the stop: the others are frozen by an NMI before the
+ * record is written, so nothing runs on while it is, and a second CPU that bugchecks meanwhile
+ * only freezes (the record of the first stop is the one reported).
+ */
 void bugcheck_stop(const struct bugcheck *b)
 {
 	asm volatile("cli"); /* a stop is never interrupted, whoever called it */
+	if (!smp_claim_stop())
+		smp_freeze();
 	stops_entered++;
 	if (stops_entered == 2)
 		nested_stop(b);
 	if (stops_entered > 2)
 		exit_crashed();
 
+	cpu_set_t frozen = smp_stop_others();
 	first_stop = b;
 	agent_send_bugcheck(b);
 	agent_record_sent = true;
 	kprintf("\n*** STOP: 0x%08X (0x%016lX,0x%016lX,0x%016lX,0x%016lX)\n%s\n", b->code, b->parameters[0],
 		b->parameters[1], b->parameters[2], b->parameters[3], bugcheck_name(b->code));
-	kprintf("rip 0x%016lx cr3 0x%016lx", b->rip, b->cr3);
+	kprintf("rip 0x%016lx cr3 0x%016lx cpu %u", b->rip, b->cr3, b->cpu);
 	if (b->from_exception)
 		kprintf(" vector %lu error 0x%lx cr2 0x%016lx", b->vector, b->error, b->cr2);
-	kprintf("\nmmhil: stopped\n");
+	kprintf("\n");
+	if (cpu_count > 1)
+		kprintf("mmhil: CPU %u stopped the others first: %u of %u froze (NMI)\n", b->cpu,
+			cpus_in_set(frozen), cpu_count - 1);
+	kprintf("mmhil: stopped\n");
 	exit_crashed();
 }
 
@@ -87,6 +102,7 @@ void KeBugCheckEx(ULONG code, ULONG_PTR p1, ULONG_PTR p2, ULONG_PTR p3, ULONG_PT
 		.parameters = {p1, p2, p3, p4},
 		.rip = (uint64_t)__builtin_return_address(0),
 		.cr3 = read_cr3(),
+		.cpu = this_cpu()->index,
 	};
 	bugcheck_stop(&record);
 }
@@ -96,6 +112,7 @@ const char *bugcheck_name(uint32_t code)
 	switch (code) {
 	case IRQL_NOT_GREATER_OR_EQUAL: return "IRQL_NOT_GREATER_OR_EQUAL";
 	case IRQL_NOT_LESS_OR_EQUAL: return "IRQL_NOT_LESS_OR_EQUAL";
+	case SPIN_LOCK_ALREADY_OWNED: return "SPIN_LOCK_ALREADY_OWNED";
 	case MEMORY_MANAGEMENT: return "MEMORY_MANAGEMENT";
 	case KMODE_EXCEPTION_NOT_HANDLED: return "KMODE_EXCEPTION_NOT_HANDLED";
 	case PHASE0_INITIALIZATION_FAILED: return "PHASE0_INITIALIZATION_FAILED";
@@ -116,6 +133,7 @@ const char *bugcheck_name(uint32_t code)
 	case SYSTEM_PTE_MISUSE: return "SYSTEM_PTE_MISUSE";
 	case ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY: return "ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY";
 	case INVALID_MDL_RANGE: return "INVALID_MDL_RANGE";
+	case IPI_WATCHDOG_TIMEOUT: return "IPI_WATCHDOG_TIMEOUT";
 	default: return "UNKNOWN_BUGCHECK";
 	}
 }

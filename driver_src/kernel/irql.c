@@ -1,10 +1,12 @@
 #include "irql.h"
 #include "bugcodes.h"
 #include "ntddk.h"
+#include "smp.h"
 
 static void write_cr8(KIRQL irql)
 {
 	asm volatile("mov %0, %%cr8" ::"r"((uint64_t)irql) : "memory");
+	this_cpu()->irql = irql;
 }
 
 void KeRaiseIrql(KIRQL NewIrql, KIRQL *OldIrql)

@@ -17,6 +17,7 @@
 #include "pagetable.h"
 #include "pic.h"
 #include "pool.h"
+#include "smp.h"
 #include "syspte.h"
 #include "trap.h"
 
@@ -48,6 +49,8 @@ static NORETURN void kernel_run(void)
 	copy_init();
 	boot_phase_done(BOOT_MEMORY_MANAGER);
 	local_apic_virtual_wire();
+	smp_start_aps();
+	boot_phase_done(BOOT_APS);
 	kprintf("mmhil: %lu MiB of RAM; agent ready\n", frame_stats().total >> 8);
 	boot_phase_done(BOOT_HELLO);
 	agent_run();
@@ -57,6 +60,7 @@ void kernel_boot(uint32_t start_info_pa, uint32_t levels)
 {
 	boot_phase_done(BOOT_LONG_MODE);
 	paging_levels = levels;
+	smp_init_bsp();
 	console_init();
 	pic_init();
 	agent_init();
@@ -66,6 +70,7 @@ void kernel_boot(uint32_t start_info_pa, uint32_t levels)
 	kprintf("mmhil: guest kernel, build %s, %u-level paging, cmdline \"%s\"\n", mmhil_build_id, paging_levels,
 		boot_info.cmdline);
 	warn_about_paging();
+	smp_discover(boot_info.rsdp);
 	cpu_enable_features();
 	boot_phase_done(BOOT_CPU);
 	frames_bootstrap();

@@ -2,8 +2,6 @@
 
 extern const struct exception_fixup __ex_table_start[], __ex_table_end[];
 
-struct absorbed_fault last_absorbed_fault;
-
 uint64_t exception_fixup_for(uint64_t rip)
 {
 	for (const struct exception_fixup *f = __ex_table_start; f < __ex_table_end; f++)

@@ -2,9 +2,12 @@
 #include "bugcheck.h"
 #include "bugcodes.h"
 #include "irql.h"
+#include "kstring.h"
+#include "layout.h"
 #include "nofault.h"
 #include "pagetable.h"
 #include "raw_access.h"
+#include "smp.h"
 #include "usermode.h"
 #include "x86.h"
 
@@ -46,23 +49,31 @@ struct PACKED table_register {
 #define RING0_STACK_SIZE 0x2000
 #define TSS_AVAILABLE 0x89
 
-static struct tss tss;
-static uint8_t ist_stacks[IST_COUNT][IST_STACK_SIZE] ALIGNED(16);
+#define GDT_ENTRIES 7
+
+/* Each CPU has its own GDT and TSS (a busy TSS cannot be shared); the IDT is common. */
+static struct tss tss[MAX_CPUS];
+static uint64_t gdt[MAX_CPUS][GDT_ENTRIES];
 static struct idt_gate idt[IDT_VECTORS];
-/* Where the CPU switches to when ring 3 enters the kernel (TSS RSP0). */
+/* The BSP's IST stacks and ring-0 stack (TSS RSP0: where ring 3 enters the kernel); the APs' are
+ * mapped with guard pages in their stack slots (layout.h). */
+static uint8_t ist_stacks[IST_COUNT][IST_STACK_SIZE] ALIGNED(16);
 static uint8_t ring0_stack[RING0_STACK_SIZE] ALIGNED(16);
 /* null, 64-bit code, data (accessed bits preset), the 16-byte TSS descriptor, ring-3 data and code. */
-static uint64_t gdt[7] = {0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0, 0, 0x00CFF3000000FFFF, 0x00AFFB000000FFFF};
+static const uint64_t gdt_template[GDT_ENTRIES] = {
+	0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0, 0, 0x00CFF3000000FFFF, 0x00AFFB000000FFFF};
 _Static_assert(GDT_USER_DATA / 8 == 5 && GDT_USER_CODE / 8 == 6, "ring-3 descriptors");
+_Static_assert(IST_STACK_SIZE == CPU_AUX_STACK_SIZE && RING0_STACK_SIZE == CPU_AUX_STACK_SIZE, "AP stacks");
+_Static_assert(CPU_AUX_STACKS == 1 + IST_COUNT, "an AP's ring-0 stack and IST stacks");
 extern const uint64_t trap_entry_points[EXCEPTION_VECTORS];
 extern const uint64_t interrupt_entry_points[IDT_VECTORS - FIRST_INTERRUPT_VECTOR];
 
-static void set_tss_descriptor(void)
+static void set_tss_descriptor(unsigned cpu)
 {
-	uint64_t base = (uint64_t)&tss, limit = sizeof(tss) - 1;
-	gdt[GDT_TSS / 8] = (limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | (uint64_t)TSS_AVAILABLE << 40 |
-			   (limit >> 16 & 0xF) << 48 | (base >> 24 & 0xFF) << 56;
-	gdt[GDT_TSS / 8 + 1] = base >> 32;
+	uint64_t base = (uint64_t)&tss[cpu], limit = sizeof(tss[cpu]) - 1;
+	gdt[cpu][GDT_TSS / 8] = (limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | (uint64_t)TSS_AVAILABLE << 40 |
+				(limit >> 16 & 0xF) << 48 | (base >> 24 & 0xFF) << 56;
+	gdt[cpu][GDT_TSS / 8 + 1] = base >> 32;
 }
 
 static uint8_t ist_for(unsigned vector)
@@ -75,26 +86,13 @@ static uint8_t ist_for(unsigned vector)
 	}
 }
 
-void trap_init(void)
+/* This CPU's GDT (with its TSS), its segment registers, its task register and the shared IDT. */
+static void load_tables(unsigned cpu)
 {
-	for (unsigned i = 0; i < IST_COUNT; i++)
-		tss.ist[i] = (uint64_t)ist_stacks[i] + IST_STACK_SIZE;
-	tss.rsp[0] = (uint64_t)ring0_stack + RING0_STACK_SIZE;
-	tss.iomap_base = sizeof(tss);
-	set_tss_descriptor();
-	for (unsigned v = 0; v < IDT_VECTORS; v++) {
-		uint64_t entry = v < EXCEPTION_VECTORS ? trap_entry_points[v]
-						       : interrupt_entry_points[v - FIRST_INTERRUPT_VECTOR];
-		idt[v] = (struct idt_gate){
-			.offset_low = (uint16_t)entry,
-			.selector = GDT_KERNEL_CODE,
-			.ist = ist_for(v),
-			.type = GATE_INTERRUPT_DPL0,
-			.offset_mid = (uint16_t)(entry >> 16),
-			.offset_high = (uint32_t)(entry >> 32),
-		};
-	}
-	struct table_register gdtr = {sizeof(gdt) - 1, (uint64_t)gdt};
+	memcpy(gdt[cpu], gdt_template, sizeof(gdt_template));
+	tss[cpu].iomap_base = sizeof(tss[cpu]);
+	set_tss_descriptor(cpu);
+	struct table_register gdtr = {sizeof(gdt[cpu]) - 1, (uint64_t)gdt[cpu]};
 	struct table_register idtr = {sizeof(idt) - 1, (uint64_t)idt};
 	asm volatile("lgdt %0\n\t"
 		     "pushq %2\n\t"
@@ -110,6 +108,34 @@ void trap_init(void)
 		     :
 		     : "m"(gdtr), "m"(idtr), "i"(GDT_KERNEL_CODE), "r"(GDT_KERNEL_DATA), "r"(GDT_TSS)
 		     : "rax", "memory");
+}
+
+void trap_init_ap(unsigned cpu)
+{
+	tss[cpu].rsp[0] = CPU_AUX_STACK_BASE(cpu, 0) + CPU_AUX_STACK_SIZE;
+	for (unsigned i = 0; i < IST_COUNT; i++)
+		tss[cpu].ist[i] = CPU_AUX_STACK_BASE(cpu, 1 + i) + CPU_AUX_STACK_SIZE;
+	load_tables(cpu);
+}
+
+void trap_init(void)
+{
+	for (unsigned i = 0; i < IST_COUNT; i++)
+		tss[0].ist[i] = (uint64_t)ist_stacks[i] + IST_STACK_SIZE;
+	tss[0].rsp[0] = (uint64_t)ring0_stack + RING0_STACK_SIZE;
+	for (unsigned v = 0; v < IDT_VECTORS; v++) {
+		uint64_t entry = v < EXCEPTION_VECTORS ? trap_entry_points[v]
+						       : interrupt_entry_points[v - FIRST_INTERRUPT_VECTOR];
+		idt[v] = (struct idt_gate){
+			.offset_low = (uint16_t)entry,
+			.selector = GDT_KERNEL_CODE,
+			.ist = ist_for(v),
+			.type = GATE_INTERRUPT_DPL0,
+			.offset_mid = (uint16_t)(entry >> 16),
+			.offset_high = (uint32_t)(entry >> 32),
+		};
+	}
+	load_tables(0);
 }
 
 /* Exceptions NT turns into an exception record (KMODE_EXCEPTION_NOT_HANDLED); 0: a plain trap. */
@@ -178,19 +204,19 @@ static void classify_general_protection(struct bugcheck *b, const struct trap_fr
 		set_stop(b, KMODE_EXCEPTION_NOT_HANDLED, STATUS_ACCESS_VIOLATION, f->rip, 0, ~0ull);
 }
 
-static unsigned traps_entered;
-
 static NORETURN void trap_bugcheck(struct trap_frame *f)
 {
+	struct cpu *me = this_cpu();
 	struct bugcheck b = {
 		.rip = f->rip,
 		.cr3 = read_cr3(),
+		.cpu = me->index,
 		.from_exception = true,
 		.vector = f->vector,
 		.error = f->error,
 		.cr2 = read_cr2(),
 	};
-	if (++traps_entered > 1) /* faulted while classifying a fault (a broken self-map?): no more walks */
+	if (++me->traps_entered > 1) /* faulted while classifying a fault (a broken self-map?): no more walks */
 		set_stop(&b, UNEXPECTED_KERNEL_MODE_TRAP, f->vector, 0, 0, 0);
 	else if (f->vector == VECTOR_PAGE_FAULT)
 		classify_page_fault(&b, f);
@@ -209,12 +235,14 @@ static NORETURN void trap_bugcheck(struct trap_frame *f)
 
 void trap_handle(struct trap_frame *f)
 {
+	if (f->vector == VECTOR_NMI && smp_stopping()) /* another CPU stops the machine */
+		smp_freeze();
 	if (f->cs & 3) /* ring 3 faulted: the probe's result, never a stop */
 		usermode_fault(f, f->vector == VECTOR_PAGE_FAULT ? read_cr2() : 0);
 	if (f->vector == VECTOR_PAGE_FAULT || f->vector == VECTOR_GENERAL_PROTECTION) {
 		uint64_t resume = exception_fixup_for(f->rip);
 		if (resume) {
-			last_absorbed_fault = (struct absorbed_fault){
+			this_cpu()->last_absorbed_fault = (struct absorbed_fault){
 				.vector = f->vector,
 				.address = f->vector == VECTOR_PAGE_FAULT ? read_cr2() : 0,
 				.error = f->error,

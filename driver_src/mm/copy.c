@@ -1,9 +1,10 @@
 /*
  * MmCopyMemory (ddi-spec §6): copies from a physical or a virtual source without ever faulting on
- * the source. Physical pages are reached through one copy PTE in hyperspace (layout.h; this kernel
- * runs one CPU, so "per CPU" is one PTE), mapped for a chunk and cleared after it, as NT's
- * hyperspace mappings are. It stays out of the system-PTE region, which starts empty. Virtual sources are walked first, then copied through
- * copy_nofault, so a mapping that vanishes mid-copy ends the copy instead of the system.
+ * the source. Physical pages are reached through the copying CPU's own copy PTE in hyperspace
+ * (layout.h), mapped for a chunk and cleared after it, as NT's per-CPU hyperspace mappings are: no
+ * other CPU ever uses the VA, so the flush stays on this CPU. It stays out of the system-PTE
+ * region, which starts empty. Virtual sources are walked first, then copied through copy_nofault,
+ * so a mapping that vanishes mid-copy ends the copy instead of the system.
  *
  * [DECISION] Every failure returns STATUS_INVALID_ADDRESS with the bytes copied before the failing
  * chunk, partial or not; STATUS_PARTIAL_COPY is never returned (the docs promise only "an error
@@ -18,20 +19,21 @@
 #include "nofault.h"
 #include "ntddk.h"
 #include "pagetable.h"
+#include "smp.h"
 
-static uint64_t copy_va;
+/* Every CPU's window lies in one page table, built at boot. */
+_Static_assert(LEVEL_INDEX(COPY_WINDOW_VA(0), 2) == LEVEL_INDEX(COPY_WINDOW_VA(MAX_CPUS - 1), 2), "copy windows");
 
 void copy_init(void)
 {
 	struct pt_view live = pt_live();
-	if (!pt_prepare(&live, COPY_WINDOW_VA, 1))
-		KeBugCheckEx(INSTALL_MORE_MEMORY, COPY_WINDOW_VA, 1, 0, 0);
-	copy_va = COPY_WINDOW_VA;
+	if (!pt_prepare(&live, COPY_WINDOW_VA(0), 1))
+		KeBugCheckEx(INSTALL_MORE_MEMORY, COPY_WINDOW_VA(0), 1, 0, 0);
 }
 
 uint64_t copy_pte_va(void)
 {
-	return copy_va;
+	return COPY_WINDOW_VA(this_cpu()->index);
 }
 
 static bool is_ram(uint64_t pa)
@@ -48,7 +50,8 @@ static void copy_physical_chunk(uint8_t *target, uint64_t pa, uint64_t bytes)
 {
 	KIRQL old;
 	KeRaiseIrql(DISPATCH_LEVEL, &old);
-	struct pt_view live = pt_live();
+	struct pt_view live = pt_live_private();
+	uint64_t copy_va = copy_pte_va();
 	uint64_t leaf = pte_kernel_leaf(pa & ~PAGE_OFFSET_MASK, 1, PROT_READ) & ~PTE_G;
 	tlb_flush(pt_set(&live, copy_va, 1, leaf));
 	memcpy(target, (const uint8_t *)copy_va + (pa & PAGE_OFFSET_MASK), bytes);

@@ -21,6 +21,7 @@ struct pfn_entry {
 	uint32_t lock_count;  /* MmProbeAndLockPages and friends: frames locked for I/O */
 };
 _Static_assert(sizeof(struct pfn_entry) == 16, "PFN entry size");
+#define ENTRIES_PER_DATABASE_PAGE (PAGE_SIZE / sizeof(struct pfn_entry))
 
 /*
  * The database starts as one zero frame mapped read-only at every one of its pages: a zero entry is
@@ -55,7 +56,11 @@ static struct boot_run boot_runs[BOOT_RUNS_MAX];
 static unsigned boot_run_count;
 static bool database_ready;
 
-/* Frames freed since boot, last freed first; counters kept as frames move. */
+/*
+ * The PFN lock: every change of a frame's state, the free list, the counters and the database's own
+ * pages (pfn_writable), once the database exists (before, only the BSP runs). Freed frames, last freed first; counters kept as frames move.
+ */
+static KSPIN_LOCK pfn_lock;
 static pfn_t free_head = PFN_NONE;
 static uint64_t total_frames, above_4g_total, above_4g_free;
 static uint64_t state_counts[PFN_STATE_COUNT];
@@ -187,8 +192,12 @@ static pfn_t database_page_frame(void)
 	}
 }
 
-/* The entry of pfn, ready to be written: its page gets its own zeroed frame if it still shares the
- * zero frame. */
+/*
+ * The entry of pfn, ready to be written (under the PFN lock once the database exists): its page gets
+ * its own zeroed frame if it still shares the zero frame. Other CPUs read entries without the lock,
+ * so the zero frame is swapped for the new one in one PTE store (both read as zeros), and every CPU
+ * drops the read-only translation before anything is written to the page.
+ */
 static struct pfn_entry *pfn_writable(pfn_t pfn)
 {
 	volatile uint64_t *pte = database_pte(pfn);
@@ -198,9 +207,7 @@ static struct pfn_entry *pfn_writable(pfn_t pfn)
 	memset(phys_to_virt(frame << PAGE_SHIFT), 0, PAGE_SIZE);
 	uint64_t page = (uint64_t)&pfn_database[pfn] & ~PAGE_OFFSET_MASK;
 	struct pt_view live = pt_live();
-	uint64_t old;
-	tlb_flush(pt_clear(&live, page, &old));
-	tlb_flush_not_needed(pt_set(&live, page, 1, pte_kernel_leaf(frame << PAGE_SHIFT, 1, PROT_READ_WRITE)));
+	tlb_flush(pt_replace(&live, page, pte_kernel_leaf(frame << PAGE_SHIFT, 1, PROT_READ_WRITE)));
 	if (database_ready)
 		take_free(frame, PFN_DATABASE); /* may make another page writable, never this one again */
 	return &pfn_database[pfn];
@@ -234,15 +241,8 @@ static void take_free(pfn_t pfn, enum pfn_state purpose)
 	above_4g_free -= pfn >= FOUR_GIB_PFN;
 }
 
-pfn_t frame_alloc(enum pfn_state purpose)
+static pfn_t alloc_locked(enum pfn_state purpose)
 {
-	if (!database_ready) {
-		pfn_t pfn = carve_frame();
-		if (pfn == PFN_NONE)
-			KeBugCheckEx(INSTALL_MORE_MEMORY, 0, ram[0].first, highest_pfn, 0);
-		log_boot_frame(pfn, purpose);
-		return pfn;
-	}
 	while (free_head != PFN_NONE) {
 		pfn_t pfn = free_head;
 		free_head = pfn_database[pfn].next_free;
@@ -264,6 +264,22 @@ pfn_t frame_alloc(enum pfn_state purpose)
 	}
 }
 
+pfn_t frame_alloc(enum pfn_state purpose)
+{
+	if (!database_ready) {
+		pfn_t pfn = carve_frame();
+		if (pfn == PFN_NONE)
+			KeBugCheckEx(INSTALL_MORE_MEMORY, 0, ram[0].first, highest_pfn, 0);
+		log_boot_frame(pfn, purpose);
+		return pfn;
+	}
+	KIRQL irql;
+	KeAcquireSpinLock(&pfn_lock, &irql);
+	pfn_t pfn = alloc_locked(purpose);
+	KeReleaseSpinLock(&pfn_lock, irql);
+	return pfn;
+}
+
 static bool run_is_free(pfn_t first, uint64_t count)
 {
 	unsigned i = 0;
@@ -277,18 +293,13 @@ static bool run_is_free(pfn_t first, uint64_t count)
 	return true;
 }
 
-/* Takes a free run unless making its entries writable used one of its frames. The entries are made
- * writable first because that takes frames, which could otherwise be the run's own. */
-static bool take_run(pfn_t first, uint64_t count, enum pfn_state purpose)
+/* Makes the run's database pages writable before any of it is taken: a page that gets its own frame
+ * takes that frame from the free frames, and it may be one of the run's. */
+static bool run_writable_and_still_free(pfn_t first, uint64_t count)
 {
-	const pfn_t per_page = PAGE_SIZE / sizeof(struct pfn_entry);
-	for (pfn_t pfn = first; pfn < first + count; pfn = (pfn / per_page + 1) * per_page)
+	for (pfn_t pfn = first; pfn < first + count; pfn = (pfn | (ENTRIES_PER_DATABASE_PAGE - 1)) + 1)
 		pfn_writable(pfn);
-	if (!run_is_free(first, count))
-		return false;
-	for (uint64_t i = 0; i < count; i++)
-		take_free(first + i, purpose);
-	return true;
+	return run_is_free(first, count);
 }
 
 pfn_t frames_alloc_contiguous(uint64_t count, pfn_t lowest, pfn_t highest, uint64_t boundary_pages,
@@ -302,14 +313,23 @@ pfn_t frames_alloc_contiguous(uint64_t count, pfn_t lowest, pfn_t highest, uint6
 		lowest = LOW_MEMORY_END_PFN;
 	if (highest < lowest || highest - lowest + 1 < count)
 		return PFN_NONE;
+	KIRQL irql;
+	KeAcquireSpinLock(&pfn_lock, &irql);
+	pfn_t found = PFN_NONE;
 	/* Highest run first, as frame_alloc() hands out frames. */
 	for (pfn_t first = highest + 1 - count;; first--) {
 		bool crosses = boundary_pages && first / boundary_pages != (first + count - 1) / boundary_pages;
-		if (!crosses && run_is_free(first, count) && take_run(first, count, purpose))
-			return first;
+		if (!crosses && run_is_free(first, count) && run_writable_and_still_free(first, count)) {
+			for (uint64_t i = 0; i < count; i++)
+				take_free(first + i, purpose);
+			found = first;
+			break;
+		}
 		if (first == lowest)
-			return PFN_NONE;
+			break;
 	}
+	KeReleaseSpinLock(&pfn_lock, irql);
+	return found;
 }
 
 enum pfn_state frame_state(pfn_t pfn)
@@ -319,17 +339,25 @@ enum pfn_state frame_state(pfn_t pfn)
 
 uint32_t frame_lock(pfn_t pfn)
 {
+	KIRQL irql;
+	KeAcquireSpinLock(&pfn_lock, &irql);
 	enum pfn_state state = frame_state(pfn);
 	if (state == PFN_NOT_RAM || state == PFN_FREE)
 		KeBugCheckEx(MEMORY_MANAGEMENT, MM_LOCK_UNUSABLE_PAGE, pfn, state, 0);
-	return ++pfn_writable(pfn)->lock_count;
+	uint32_t count = ++pfn_writable(pfn)->lock_count;
+	KeReleaseSpinLock(&pfn_lock, irql);
+	return count;
 }
 
 uint32_t frame_unlock(pfn_t pfn)
 {
+	KIRQL irql;
+	KeAcquireSpinLock(&pfn_lock, &irql);
 	if (frame_state(pfn) == PFN_NOT_RAM || !pfn_database[pfn].lock_count)
 		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_UNLOCKED_TOO_OFTEN, pfn, 0, 0);
-	return --pfn_writable(pfn)->lock_count;
+	uint32_t count = --pfn_writable(pfn)->lock_count;
+	KeReleaseSpinLock(&pfn_lock, irql);
+	return count;
 }
 
 uint32_t frame_lock_count(pfn_t pfn)
@@ -341,11 +369,14 @@ void frame_free(pfn_t pfn, enum pfn_state expected)
 {
 	if (!database_ready || !is_ram(pfn))
 		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_CORRUPT_STATE, pfn, PFN_NOT_RAM, expected);
+	KIRQL irql;
+	KeAcquireSpinLock(&pfn_lock, &irql);
 	if (pfn_database[pfn].lock_count)
 		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_FREED_WHILE_LOCKED, pfn, pfn_database[pfn].state,
 			     pfn_database[pfn].lock_count);
 	transition(pfn, expected, PFN_FREE);
 	push_free(pfn);
+	KeReleaseSpinLock(&pfn_lock, irql);
 }
 
 static uint64_t frames_above_4g(pfn_t first, pfn_t end)

@@ -11,6 +11,7 @@
 #include "layout.h"
 #include "pagetable.h"
 #include "protocol.h"
+#include "smp.h"
 
 #define LIVE_MDLS_MAX 4096
 
@@ -19,16 +20,22 @@ uint64_t mdl_locked_pages, mdl_mapped_pages;
 static uint64_t mdl_allocated_pages;
 
 /* MDLs from IoAllocateMdl not yet given to IoFreeMdl (MmAllocatePagesForMdl's are pool blocks the
- * caller frees with ExFreePool, as on NT). */
+ * caller frees with ExFreePool, as on NT). Slots are claimed and the counts kept atomically, as
+ * several CPUs may allocate and free MDLs at once. */
 static PMDL live_mdls[LIVE_MDLS_MAX];
 static uint64_t live_mdl_count;
+
+static void count(uint64_t *counter, int64_t change)
+{
+	__atomic_add_fetch(counter, (uint64_t)change, __ATOMIC_SEQ_CST);
+}
 
 static bool remember_mdl(PMDL mdl)
 {
 	for (unsigned i = 0; i < LIVE_MDLS_MAX; i++) {
-		if (!live_mdls[i]) {
-			live_mdls[i] = mdl;
-			live_mdl_count++;
+		PMDL empty = NULL;
+		if (__atomic_compare_exchange_n(&live_mdls[i], &empty, mdl, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+			count(&live_mdl_count, 1);
 			return true;
 		}
 	}
@@ -38,9 +45,9 @@ static bool remember_mdl(PMDL mdl)
 static bool forget_mdl(PMDL mdl)
 {
 	for (unsigned i = 0; i < LIVE_MDLS_MAX; i++) {
-		if (live_mdls[i] == mdl) {
-			live_mdls[i] = NULL;
-			live_mdl_count--;
+		PMDL expected = mdl;
+		if (__atomic_compare_exchange_n(&live_mdls[i], &expected, NULL, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+			count(&live_mdl_count, -1);
 			return true;
 		}
 	}
@@ -129,7 +136,10 @@ void IoFreeMdl(PMDL Mdl)
 
 static bool on_kernel_stack(uint64_t va)
 {
-	return va >= KERNEL_STACK_BASE && va < KERNEL_STACK_TOP;
+	for (unsigned k = 0; k < cpu_count; k++)
+		if (va >= cpus[k].stack_base && va < cpus[k].stack_top)
+			return true;
+	return false;
 }
 
 void MmBuildMdlForNonPagedPool(PMDL MemoryDescriptorList)
@@ -196,7 +206,7 @@ static NTSTATUS probe_and_lock(PMDL mdl, KPROCESSOR_MODE mode, LOCK_OPERATION op
 		frame_lock(pfn);
 		pfns[i] = pfn;
 	}
-	mdl_locked_pages += pages;
+	count(&mdl_locked_pages, (int64_t)pages);
 	return STATUS_SUCCESS;
 }
 
@@ -236,7 +246,7 @@ void MmUnlockPages(PMDL MemoryDescriptorList)
 		MmUnmapLockedPages(mdl->MappedSystemVa, mdl);
 	uint64_t pages = MmGetMdlPageCount(mdl);
 	unlock_frames(MmGetMdlPfnArray(mdl), pages);
-	mdl_locked_pages -= pages;
+	count(&mdl_locked_pages, -(int64_t)pages);
 	/* [DECISION] MDL_WRITE_OPERATION stays, as in ReactOS (§8.5). */
 	mdl->MdlFlags &= (CSHORT) ~(MDL_PAGES_LOCKED | MDL_IO_SPACE);
 }
@@ -364,7 +374,7 @@ PMDL MmAllocatePagesForMdlEx(PHYSICAL_ADDRESS LowAddress, PHYSICAL_ADDRESS HighA
 	}
 	mdl->ByteCount = (ULONG)(found << PAGE_SHIFT);
 	mdl->MdlFlags |= MDL_PAGES_LOCKED;
-	mdl_allocated_pages += found;
+	count(&mdl_allocated_pages, (int64_t)found);
 	return mdl;
 }
 
@@ -390,7 +400,7 @@ void MmFreePagesFromMdl(PMDL MemoryDescriptorList)
 			KeBugCheckEx(MEMORY_MANAGEMENT, MM_MDL_FOREIGN_PAGE, (uint64_t)mdl, (uint64_t)&pfns[i], pfns[i]);
 		frame_free(pfns[i], PFN_MDL_PAGES);
 		pfns[i] = MDL_PFN_END;
-		mdl_allocated_pages--;
+		count(&mdl_allocated_pages, -1);
 	}
 	mdl->MdlFlags &= (CSHORT)~MDL_PAGES_LOCKED;
 }

@@ -202,7 +202,7 @@ PVOID MmMapLockedPagesSpecifyCache(PMDL MemoryDescriptorList, KPROCESSOR_MODE Ac
 		uint64_t leaf = pte_kernel_leaf(pfns[i] << PAGE_SHIFT, 1, protection) | cache;
 		tlb_flush(pt_set(&live, base + i * PAGE_SIZE, 1, leaf));
 	}
-	mdl_mapped_pages += pages;
+	__atomic_add_fetch(&mdl_mapped_pages, pages, __ATOMIC_SEQ_CST);
 	mdl->MappedSystemVa = (PVOID)(base + mdl->ByteOffset);
 	mdl->MdlFlags |= MDL_MAPPED_TO_SYSTEM_VA | (flags & MDL_PARTIAL ? MDL_PARTIAL_HAS_BEEN_MAPPED : 0);
 	return mdl->MappedSystemVa;
@@ -240,7 +240,7 @@ void MmUnmapLockedPages(PVOID BaseAddress, PMDL MemoryDescriptorList)
 			tlb_flush(pt_clear(&live, page, &old));
 	}
 	syspte_release(expected, pages);
-	mdl_mapped_pages -= pages;
+	__atomic_sub_fetch(&mdl_mapped_pages, pages, __ATOMIC_SEQ_CST);
 	mdl->MdlFlags &= (CSHORT) ~(MDL_MAPPED_TO_SYSTEM_VA | MDL_PARTIAL_HAS_BEEN_MAPPED | MDL_FREE_EXTRA_PTES);
 }
 

@@ -5,6 +5,7 @@
 #include "kstring.h"
 #include "layout.h"
 #include "ntddk.h"
+#include "smp.h"
 #include "x86.h"
 
 unsigned paging_levels;
@@ -73,13 +74,25 @@ static bool install_table(const struct pt_view *view, volatile uint64_t *slot, u
 	return true;
 }
 
+/* Two CPUs may need the same missing table at once: one installs it, the other then finds it. */
+static KSPIN_LOCK table_creation_lock;
+
+static bool install_missing_table(const struct pt_view *view, volatile uint64_t *slot, unsigned level, uint64_t va)
+{
+	KIRQL irql;
+	KeAcquireSpinLock(&table_creation_lock, &irql);
+	bool present = (*slot & PTE_P) || install_table(view, slot, level, va);
+	KeReleaseSpinLock(&table_creation_lock, irql);
+	return present;
+}
+
 /* The slot at level for va, creating the tables above it; 0 when no frame is left for one. */
 static volatile uint64_t *prepared_slot(const struct pt_view *view, uint64_t va, unsigned level)
 {
 	uint64_t parent = 0;
 	for (unsigned l = paging_levels; l > level; l--) {
 		volatile uint64_t *slot = entry_slot(view, l, va, parent);
-		if (!(*slot & PTE_P) && !install_table(view, slot, l, va))
+		if (!(*slot & PTE_P) && !install_missing_table(view, slot, l, va))
 			return 0;
 		parent = *slot;
 		if (is_leaf(parent, l))
@@ -135,20 +148,18 @@ struct tlb_flush pt_clear(const struct pt_view *view, uint64_t va, uint64_t *old
 		unexpected_entry(walk.slot, walk.entry);
 	*walk.slot = 0;
 	*old_entry = walk.entry;
-	return (struct tlb_flush){.va = va, .changed = true, .live = view->live, .was_present = true};
+	cpu_set_t holders = view->private ? CPU_BIT(this_cpu()->index) : cpus_online;
+	return (struct tlb_flush){.va = va, .changed = true, .live = view->live, .was_present = true, .cpus = holders};
 }
 
-/* One INVLPG drops the translation of the whole page containing va, whatever its size. */
-void tlb_flush(struct tlb_flush token)
+struct tlb_flush pt_replace(const struct pt_view *view, uint64_t va, uint64_t entry)
 {
-	if (token.changed && token.live)
-		invlpg(token.va);
-}
-
-void tlb_flush_not_needed(struct tlb_flush token)
-{
-	if (token.was_present)
-		KeBugCheckEx(MEMORY_MANAGEMENT, MM_CORRUPTED_PTE, 0, 0, token.va);
+	struct pt_walk walk = pt_walk(view, va);
+	if (walk.stop != PT_LEAF || walk.level != 1)
+		unexpected_entry(walk.slot, walk.entry);
+	*walk.slot = entry;
+	cpu_set_t holders = view->private ? CPU_BIT(this_cpu()->index) : cpus_online;
+	return (struct tlb_flush){.va = va, .changed = true, .live = view->live, .was_present = true, .cpus = holders};
 }
 
 uint64_t pte_kernel_leaf(uint64_t pa, unsigned level, enum protection protection)

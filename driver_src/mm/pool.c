@@ -59,6 +59,8 @@ struct tag_usage {
 };
 
 uint64_t nonpaged_pool_base;
+/* The pool lock: everything below, from the page map to the tag counts. */
+static KSPIN_LOCK pool_lock;
 static uint8_t page_use[POOL_PAGES];
 static uint64_t pages_high_water; /* no page at or above this index was ever used */
 static struct big_allocation big_allocations[BIG_ALLOCATIONS_MAX];
@@ -275,12 +277,15 @@ static void *allocate(enum pool_kind kind, uint64_t bytes, uint32_t tag, bool pa
 	if (bytes > NONPAGED_POOL_SIZE)
 		return 0;
 	bool small = bytes <= POOL_SMALL_MAX && !page_aligned;
+	KIRQL irql;
+	KeAcquireSpinLock(&pool_lock, &irql);
 	void *block = small ? allocate_small(kind, bytes, tag) : allocate_big(kind, bytes, tag);
-	if (!block)
-		return 0;
-	uint64_t charged = small ? (uint64_t)(((struct pool_header *)block - 1)->block_size - 1) * POOL_UNIT
-				 : (bytes + PAGE_OFFSET_MASK) & ~PAGE_OFFSET_MASK;
-	account(tag, (int64_t)charged);
+	if (block) {
+		uint64_t charged = small ? (uint64_t)(((struct pool_header *)block - 1)->block_size - 1) * POOL_UNIT
+					 : (bytes + PAGE_OFFSET_MASK) & ~PAGE_OFFSET_MASK;
+		account(tag, (int64_t)charged);
+	}
+	KeReleaseSpinLock(&pool_lock, irql);
 	return block;
 }
 
@@ -449,11 +454,15 @@ void ExFreePoolWithTag(PVOID P, ULONG Tag)
 		bad_pool_caller(POOL_FREE_USER_ADDRESS, va, system_range_start(), 0, Tag);
 	if (va < nonpaged_pool_base || va >= nonpaged_pool_base + NONPAGED_POOL_SIZE)
 		bad_pool_caller(POOL_NEVER_ALLOCATED, va, 0, 0, Tag);
-	enum page_use use = page_use[(va - nonpaged_pool_base) / PAGE_SIZE];
-	bool paged = use == PAGE_SMALL_PAGED || use == PAGE_BIG_PAGED;
+	/* The IRQL rule comes first, before the lock raises the IRQL: the page is the caller's, so its
+	 * use cannot change under this read unless the free is bad anyway. */
+	uint64_t page = (va - nonpaged_pool_base) / PAGE_SIZE;
+	bool paged = page_use[page] == PAGE_SMALL_PAGED || page_use[page] == PAGE_BIG_PAGED;
 	KIRQL irql = KeGetCurrentIrql();
 	if (irql > highest_irql(paged ? KIND_PAGED : KIND_NX))
 		KeBugCheckEx(BAD_POOL_CALLER, POOL_FREE_AT_BAD_IRQL, irql, paged ? PagedPool : NonPagedPool, va);
+	KeAcquireSpinLock(&pool_lock, &irql);
+	enum page_use use = page_use[page];
 	bool page_aligned = !(va & PAGE_OFFSET_MASK);
 	bool big = use == PAGE_BIG || use == PAGE_BIG_PAGED || use == PAGE_UNUSED; /* unused: maybe freed before */
 	if (page_aligned && big)
@@ -462,6 +471,7 @@ void ExFreePoolWithTag(PVOID P, ULONG Tag)
 		free_small(va, Tag);
 	else
 		bad_pool_caller(POOL_INVALID_ADDRESS, va, 0, 0, Tag);
+	KeReleaseSpinLock(&pool_lock, irql);
 }
 
 void ExFreePool(PVOID P)

@@ -11,6 +11,7 @@
 
 #define FIELD_MASK 0xFFFFFFFFull
 
+/* Updated atomically: several CPUs may map and unmap at once (their reservations are their own). */
 static uint64_t reservations, mapped_pages;
 
 static uint64_t encode_field(uint64_t value)
@@ -99,7 +100,7 @@ PVOID MmAllocateMappingAddressEx(SIZE_T NumberOfBytes, ULONG PoolTag, ULONG Flag
 	/* Non-present to non-present: nothing to flush. */
 	*syspte_entry(first) = encode_field(pages + RESERVED_MAPPING_HEADER_PTES);
 	*syspte_entry(first + PAGE_SIZE) = encode_tag(PoolTag);
-	reservations++;
+	__atomic_add_fetch(&reservations, 1, __ATOMIC_SEQ_CST);
 	return (PVOID)(first + RESERVED_MAPPING_HEADER_PTES * PAGE_SIZE);
 }
 
@@ -120,7 +121,7 @@ void MmFreeMappingAddress(PVOID BaseAddress, ULONG PoolTag)
 	}
 	/* No data PTE was present, so no TLB entry can exist; the allocator zeroes the headers. */
 	syspte_release(r.base - RESERVED_MAPPING_HEADER_PTES * PAGE_SIZE, r.pages + RESERVED_MAPPING_HEADER_PTES);
-	reservations--;
+	__atomic_sub_fetch(&reservations, 1, __ATOMIC_SEQ_CST);
 }
 
 /* Pages of the MDL that carry a frame: ReactOS ends a short PFN array with MDL_PFN_END. */
@@ -170,7 +171,7 @@ PVOID MmMapLockedPagesWithReservedMapping(PVOID MappingAddress, ULONG PoolTag, P
 		uint64_t leaf = pte_kernel_leaf(pfns[i] << PAGE_SHIFT, 1, PROT_READ_WRITE) | cache;
 		tlb_flush_not_needed(pt_set(&live, r.base + i * PAGE_SIZE, 1, leaf));
 	}
-	mapped_pages += mapped;
+	__atomic_add_fetch(&mapped_pages, mapped, __ATOMIC_SEQ_CST);
 	/* [WIN-OBS Win8+] the address is taken 16-byte aligned; MappedSystemVa lacks the byte offset. */
 	uint64_t start = address & ~15ull;
 	mdl->MappedSystemVa = (PVOID)start;
@@ -205,7 +206,7 @@ void MmUnmapReservedMapping(PVOID BaseAddress, ULONG PoolTag, PMDL MemoryDescrip
 		uint64_t old;
 		tlb_flush(pt_clear(&live, r.base + i * PAGE_SIZE, &old));
 	}
-	mapped_pages -= mapped;
+	__atomic_sub_fetch(&mapped_pages, mapped, __ATOMIC_SEQ_CST);
 	/* MappedSystemVa stays as it was (stale), as in ReactOS. */
 	mdl->MdlFlags &= ~(MDL_MAPPED_TO_SYSTEM_VA | MDL_PARTIAL_HAS_BEEN_MAPPED | MDL_FREE_EXTRA_PTES);
 }

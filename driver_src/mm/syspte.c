@@ -7,6 +7,8 @@
 #define WORD_BITS 64
 #define WORDS ((SYSTEM_PTE_COUNT + WORD_BITS - 1) / WORD_BITS)
 
+/* The system-PTE lock: both bitmaps and the counts. */
+static KSPIN_LOCK syspte_lock;
 static uint64_t in_use[WORDS];
 static uint64_t starts[WORDS]; /* first page of each live allocation */
 static uint64_t pages_in_use, allocations;
@@ -48,10 +50,8 @@ volatile uint64_t *syspte_entry(uint64_t va)
 }
 
 /* First fit, skipping whole words that are full. */
-uint64_t syspte_reserve(uint64_t count)
+static uint64_t reserve_locked(uint64_t count)
 {
-	if (!count || count > SYSTEM_PTE_COUNT)
-		return 0;
 	uint64_t run = 0;
 	for (uint64_t i = 0; i < SYSTEM_PTE_COUNT; i++) {
 		if (!(i % WORD_BITS) && in_use[i / WORD_BITS] == ~0ull && i + WORD_BITS <= SYSTEM_PTE_COUNT) {
@@ -73,6 +73,17 @@ uint64_t syspte_reserve(uint64_t count)
 	return 0;
 }
 
+uint64_t syspte_reserve(uint64_t count)
+{
+	if (!count || count > SYSTEM_PTE_COUNT)
+		return 0;
+	KIRQL irql;
+	KeAcquireSpinLock(&syspte_lock, &irql);
+	uint64_t va = reserve_locked(count);
+	KeReleaseSpinLock(&syspte_lock, irql);
+	return va;
+}
+
 /* Pages from i on that belong to the allocation starting at i. */
 static uint64_t allocation_size(uint64_t i)
 {
@@ -86,6 +97,8 @@ void syspte_release(uint64_t va, uint64_t count)
 {
 	if ((va & PAGE_OFFSET_MASK) || !count || !syspte_contains(va, count))
 		KeBugCheckEx(SYSTEM_PTE_MISUSE, SYSPTE_RELEASE_NOT_RESERVED, va, count, 0);
+	KIRQL irql;
+	KeAcquireSpinLock(&syspte_lock, &irql);
 	uint64_t first = index_of(va);
 	if (!test(in_use, first))
 		KeBugCheckEx(SYSTEM_PTE_MISUSE, SYSPTE_RELEASE_ALREADY_FREE, va, count, 0);
@@ -104,6 +117,7 @@ void syspte_release(uint64_t va, uint64_t count)
 	assign(starts, first, false);
 	pages_in_use -= count;
 	allocations--;
+	KeReleaseSpinLock(&syspte_lock, irql);
 }
 
 uint64_t syspte_in_use(void)

@@ -262,11 +262,12 @@ class AgentClient:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def call(self, command: str, *args: int | bytes, timeout: float) -> Response:
-        """Send one request, through the mailbox when it is ready, and wait for its response (ok or err)."""
+    def call(self, command: str, *args: int | bytes, timeout: float, cpu: int | None = None) -> Response:
+        """Send one request, through the mailbox when it is ready, and wait for its response (ok or err).
+        With `cpu`, the request runs on that CPU."""
         request_id = next(self._ids)
         deadline = time.monotonic() + timeout
-        line = encode_request(request_id, command, *args)
+        line = encode_request(request_id, command, *args, cpu=cpu)
         if self.mailbox_ready:
             self._post(line[:-1], (request_id,))
         else:

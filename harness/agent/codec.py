@@ -60,16 +60,34 @@ def encode_value(value: Value) -> str:
     return '"' + "".join(c if c in _PLAIN_CHARS else f"\\x{ord(c):02x}" for c in value) + '"'
 
 
-def encode_request(request_id: int, command: str, *args: int | bytes) -> bytes:
+CPU_KEY = "cpu="
+
+
+def encode_request(request_id: int, command: str, *args: int | bytes, cpu: int | None = None) -> bytes:
+    """`<id> [cpu=<K>] <command> [values]`: with `cpu`, the request runs on CPU K (0 is the BSP)."""
     if not 1 <= request_id <= MAX_ID:
         raise ValueError(f"request id {request_id} is outside 1..{MAX_ID}")
     if not _COMMAND.match(command):
         raise ValueError(f"{command!r} is not a command name")
-    line = " ".join([str(request_id), command, *(encode_value(a) for a in args)]) + "\n"
+    if cpu is not None and (isinstance(cpu, bool) or not 0 <= cpu <= MAX_ID):
+        raise ValueError(f"cpu {cpu!r} is not a CPU index")
+    target = [] if cpu is None else [f"{CPU_KEY}{cpu}"]
+    line = " ".join([str(request_id), *target, command, *(encode_value(a) for a in args)]) + "\n"
     data = line.encode("ascii")
     if len(data) > MAX_REQUEST_BYTES:
         raise ValueError(f"request of {len(data)} bytes exceeds the protocol's {MAX_REQUEST_BYTES}")
     return data
+
+
+def parse_cpu_token(token: str) -> int | None:
+    """The K of a `cpu=<K>` token (decimal or 0x hex, as any protocol integer); None for other tokens."""
+    if not token.startswith(CPU_KEY):
+        return None
+    spelled = token.removeprefix(CPU_KEY)
+    value = decode_value(spelled) if spelled else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{token!r}: cpu= takes a CPU index")
+    return value
 
 
 def decode_value(token: str) -> Value:

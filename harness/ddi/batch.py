@@ -79,7 +79,8 @@ class _Recorder:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def request(self, command: str, *args: int | bytes, timeout: float | None = None) -> dict[str, Value]:
+    def request(self, command: str, *args: int | bytes, timeout: float | None = None,
+                cpu: int | None = None) -> dict[str, Value]:
         raise _Recorded(command, args)
 
 
@@ -95,7 +96,8 @@ class _Replayer:
         self._command = command
         self._response = response
 
-    def request(self, command: str, *args: int | bytes, timeout: float | None = None) -> dict[str, Value]:
+    def request(self, command: str, *args: int | bytes, timeout: float | None = None,
+                cpu: int | None = None) -> dict[str, Value]:
         response, self._response = self._response, None
         if response is None:
             raise BatchError(f"{self._command} makes more than one agent request, so it cannot be batched")

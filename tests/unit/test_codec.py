@@ -10,6 +10,7 @@ from harness.agent.codec import (
     decode_value,
     encode_request,
     encode_value,
+    parse_cpu_token,
     parse_memory_map,
 )
 from harness.errors import ProtocolError
@@ -17,6 +18,30 @@ from harness.errors import ProtocolError
 
 def test_request_spells_integers_in_hex_and_bytes_with_a_hash() -> None:
     assert encode_request(7, "write_va", 0xFFFFF80000201000, b"\x00\xab") == b"7 write_va 0xfffff80000201000 #00ab\n"
+
+
+def test_a_request_for_a_cpu_carries_cpu_k_right_after_the_id() -> None:
+    assert encode_request(9, "MmGetPhysicalAddress", 0x1000, cpu=3) == b"9 cpu=3 MmGetPhysicalAddress 0x1000\n"
+    assert encode_request(9, "hello", cpu=0) == b"9 cpu=0 hello\n"
+    assert encode_request(9, "hello") == b"9 hello\n", "no token: the BSP"
+
+
+@pytest.mark.parametrize("bad_cpu", [-1, 1 << 32, True])
+def test_a_cpu_index_outside_the_protocol_range_is_refused(bad_cpu: int) -> None:
+    with pytest.raises(ValueError, match="not a CPU index"):
+        encode_request(1, "hello", cpu=bad_cpu)
+
+
+@pytest.mark.parametrize(("token", "cpu"), [("cpu=2", 2), ("cpu=0x3", 3), ("cpu=0", 0), ("hello", None),
+                                            ("0x10", None)])
+def test_cpu_tokens_parse_as_protocol_integers(token: str, cpu: int | None) -> None:
+    assert parse_cpu_token(token) == cpu
+
+
+@pytest.mark.parametrize("token", ["cpu=", "cpu=x", "cpu=true", "cpu=#00", "cpu=-1"])
+def test_a_cpu_token_without_an_integer_is_an_error(token: str) -> None:
+    with pytest.raises(ValueError):
+        parse_cpu_token(token)
 
 
 @pytest.mark.parametrize("bad_id", [0, -1, 1 << 32])

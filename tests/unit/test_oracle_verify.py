@@ -31,6 +31,7 @@ REGISTERS = (
     "DR6=00000000ffff0ff0 DR7=0000000000000400\r\nEFER={efer:016x}\r\nFCW=037f FSW=0000\r\n"
 )
 LONG_MODE = {"cr0": 0x80010011, "cr4": 0x003000A0, "efer": 0xD00}
+CR4_SMEP = 1 << 20
 NOT_STARTED = {"cr0": 0x60000010, "cr3": 0, "cr4": 0, "efer": 0}  # an AP still waiting for its SIPI
 
 
@@ -39,7 +40,7 @@ class FakeConfig:
     name: str = "fake"
     machine: str = "microvm"
     memory_bytes: int = RAM
-    vcpus: int = 1
+    smp: int = 1
 
 
 @dataclass
@@ -68,7 +69,7 @@ class FakeQmp:
             self.running = name == "cont"
             return {}
         if name == "query-cpus-fast":
-            return [{"cpu-index": i, "qom-path": f"/machine/cpu[{i}]"} for i in range(self.vm.config.vcpus)]
+            return [{"cpu-index": i, "qom-path": f"/machine/cpu[{i}]"} for i in range(self.vm.config.smp)]
         if name == "qom-get":
             return {"pdpe1gb": True, "phys-bits": 40}[args["property"]]
         if name == "pmemsave":
@@ -82,7 +83,7 @@ class FakeQmp:
         if line == "info registers -a":
             return "".join(REGISTERS.format(index=i, **regs) for i, regs in enumerate(self.vm.cpu_registers))
         if m := re.fullmatch(r"gva2gpa (0x[0-9a-f]+)", line):
-            pa = self.vm.qemu_translation(int(m.group(1), 16))
+            pa = self.vm.qemu_translation(int(m.group(1), 16), cpu)
             return "Unmapped\r\n" if pa is None else f"gpa: {pa:#x}\r\n"
         if m := re.fullmatch(r"xp /(\d+)xg (0x[0-9a-f]+)", line):
             count, addr = int(m.group(1)), int(m.group(2), 16)
@@ -156,6 +157,8 @@ class FakeVm:
     crash: Any = None
     agent_lies: dict[int, int] = field(default_factory=dict)
     qemu_lies: dict[int, int | None] = field(default_factory=dict)
+    qemu_lies_on_cpu: dict[tuple[int, int], int | None] = field(default_factory=dict)  # (vCPU, VA)
+    vcpus: int = 1  # what the kernel brought up (its hello)
     memory_map: list[tuple[int, int, int]] = field(default_factory=lambda: [(0, RAM, 1)])
 
     def __post_init__(self) -> None:
@@ -166,7 +169,9 @@ class FakeVm:
         self.mm = FakeMm(self)
         self.cpu_registers: list[dict[str, int]] = [{**LONG_MODE, "cr3": self.space.cr3}]
 
-    def qemu_translation(self, va: int) -> int | None:
+    def qemu_translation(self, va: int, cpu: int = 0) -> int | None:
+        if (cpu, va) in self.qemu_lies_on_cpu:
+            return self.qemu_lies_on_cpu[cpu, va]
         if va in self.qemu_lies:
             return self.qemu_lies[va]
         return walk(self.ram, self.space.cr3, va, self.space.mode).pa
@@ -252,7 +257,7 @@ def test_window_leaves_a_paused_guest_paused(fake_vm: FakeVm) -> None:
 
 
 def test_cpu_states_of_every_vcpu(fake_vm: FakeVm) -> None:
-    fake_vm.config.vcpus = 2
+    fake_vm.config.smp = 2
     fake_vm.cpu_registers.append(NOT_STARTED)
     cpus = verifier(fake_vm).cpu_states()
     assert [c.index for c in cpus] == [0, 1]
@@ -261,6 +266,63 @@ def test_cpu_states_of_every_vcpu(fake_vm: FakeVm) -> None:
     assert "vCPU 1" in cpus[1].describe()
     with pytest.raises(VerificationError, match="not in long-mode paging"), verifier(fake_vm).stopped(1) as w:
         w.walk(KERNEL_VA)
+
+
+def two_vcpus(fake_vm: FakeVm, cr3: int | None = None) -> None:
+    """A second vCPU in long mode that the kernel brought up, on `cr3` (default: vCPU 0's)."""
+    fake_vm.config.smp = fake_vm.vcpus = 2
+    fake_vm.cpu_registers.append({**LONG_MODE, "cr3": fake_vm.space.cr3 if cr3 is None else cr3})
+
+
+def test_vcpus_on_one_cr3_agree(fake_vm: FakeVm) -> None:
+    two_vcpus(fake_vm)
+    cpus = verifier(fake_vm).cpu_states()
+    assert [c.cr3 for c in cpus] == [fake_vm.space.cr3] * 2
+
+
+def test_vcpus_on_different_cr3s_fail_every_window_and_say_whether_the_kernel_half_is_shared(
+        fake_vm: FakeVm) -> None:
+    other = fake_vm.space.cr3 + SIZE_4K  # a table the synthetic space never filled: kernel half empty
+    two_vcpus(fake_vm, cr3=other)
+    with pytest.raises(VerificationError, match="different page tables") as caught:
+        verifier(fake_vm).walk(KERNEL_VA)
+    assert "kernel halves are NOT the same" in str(caught.value) and "vCPU 1" in str(caught.value)
+    assert fake_vm.qmp.running, "the guest runs again after the failed check"
+
+
+def test_vcpus_on_one_cr3_in_different_paging_modes_fail_the_window(fake_vm: FakeVm) -> None:
+    two_vcpus(fake_vm)
+    fake_vm.cpu_registers[1] = {**fake_vm.cpu_registers[1], "cr4": fake_vm.cpu_registers[1]["cr4"] ^ CR4_SMEP}
+    with pytest.raises(VerificationError, match="walk in different modes") as caught:
+        verifier(fake_vm).walk(KERNEL_VA)
+    assert "vCPU 1 CR4=" in str(caught.value)
+
+
+def test_a_vcpu_the_kernel_brought_up_but_not_in_long_mode_fails_the_window(fake_vm: FakeVm) -> None:
+    fake_vm.config.smp = fake_vm.vcpus = 2
+    fake_vm.cpu_registers.append(NOT_STARTED)
+    with pytest.raises(VerificationError, match="brought up 2 CPUs, but only 1"):
+        verifier(fake_vm).walk(KERNEL_VA)
+
+
+def test_translate_asks_gva2gpa_on_every_vcpu(fake_vm: FakeVm) -> None:
+    two_vcpus(fake_vm)
+    v = verifier(fake_vm)
+    assert v.translate(KERNEL_VA) == 0x200000
+    fake_vm.qemu_lies_on_cpu[1, KERNEL_VA] = 0x999000
+    with pytest.raises(VerificationError) as caught:
+        v.translate(KERNEL_VA)
+    text = str(caught.value)
+    assert re.search(r"QEMU gva2gpa, vCPU 0\s+0x200000", text)
+    assert re.search(r"QEMU gva2gpa, vCPU 1\s+0x999000", text)
+
+
+def test_assert_unmapped_probes_go_round_the_vcpus(fake_vm: FakeVm) -> None:
+    two_vcpus(fake_vm)
+    unmapped = 0x7000_0000_0000
+    fake_vm.qemu_lies_on_cpu[1, unmapped + SIZE_4K] = 0x5000  # only vCPU 1 is asked about the second page
+    with pytest.raises(VerificationError, match="QEMU sees"):
+        verifier(fake_vm).assert_unmapped(unmapped, 2 * SIZE_4K)
 
 
 def test_window_after_a_crash_raises_the_crash(fake_vm: FakeVm) -> None:

@@ -330,7 +330,7 @@ def test_self_map_points_back_and_lands_on_every_entry_of_a_walk(vm: Vm) -> None
 def test_cpu_state_comes_from_qemu_for_every_vcpu_and_the_guest_runs_again(vm: Vm) -> None:
     verify = vm.verify
     cpus = verify.cpu_states()
-    assert [c.index for c in cpus] == list(range(vm.config.vcpus))
+    assert [c.index for c in cpus] == list(range(vm.config.smp))
     boot = cpus[0]
     assert boot.mode is not None, boot.describe()
     assert boot.mode.levels == vm.config.paging_levels and boot.mode.nxe

@@ -1,5 +1,6 @@
 """The pytest plugin, seen from outside: a real inner pytest run that boots a real VM."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -61,9 +62,12 @@ def test_six_outcomes_stay_distinct_in_summary_and_junit(pytester: pytest.Pytest
 
     # Under the path of the worker the inner run believes it is (inherited under xdist), or "main".
     (failure,) = [p for p in artifacts.glob("*/default/failures/*") if p.name == "test_fails[default]"]
-    for name in ("console.log", "qmp.log", "agent.log", "qemu-stderr.log", "page-tables.txt", "repro.sh"):
+    for name in ("console.log", "qmp.log", "agent.log", "qemu-stderr.log", "page-tables.txt", "registers.txt",
+                 "repro.sh"):
         assert (failure / name).is_file(), f"{name} missing from {failure}"
     assert "0xfffff80000" in (failure / "page-tables.txt").read_text(), "the dump lists the kernel image"
+    registers = (failure / "registers.txt").read_text()
+    assert re.search(r"^CPU#0", registers, re.M) and "RIP=" in registers and "CR3=" in registers, registers[:300]
     assert "qemu-system-x86_64" in (failure / "repro.sh").read_text()
 
 
