@@ -9,6 +9,9 @@ Which regions a passing test must leave as it found them (docs/faults.md):
 
     may change      nonpaged pool    pages holding small blocks stay mapped once used (pool growth)
                     ring-3 probe     the probe's code and stack, mapped at the first user-mode call
+                    PFN database     a page still mapping the database's shared zero frame read-only
+                                     gets a frame of its own at its first write (mm/frames.c), and
+                                     keeps it: that change alone
     must restore    everything else: user views, physmap, hyperspace (the copy window), kernel image
                     and stack, system PTEs, PFN database, HAL, and any address outside these regions
 
@@ -25,6 +28,7 @@ writes page tables, so the guest is not stopped for them.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -82,6 +86,26 @@ def kernel_regions(pool_base: int, pool_end: int, physmap_base: int, physmap_siz
 
 
 OUTSIDE = Region("outside every region", 0, TOP, must_restore=True)
+PFN_DATABASE_FILLED = Region("PFN database, zero frame to its own frame", PFN_DATABASE_BASE, PFN_DATABASE_BASE,
+                             must_restore=False)
+
+
+def shared_zero_frame(snap: Snapshot, regions: tuple[Region, ...]) -> int | None:
+    """The frame the lazy PFN database maps read-only at every page not written yet, if it maps one at
+    more than a page (so a private frame is never taken for it)."""
+    database = next((r for r in regions if r.name == "PFN database"), None)
+    if database is None:
+        return None
+    counts = Counter(r.pa for r in snap.ranges
+                     if database.contains(r.va) and r.size == 4096 and not r.attributes.writable)
+    found = counts.most_common(1)
+    return found[0][0] if found and found[0][1] > 1 else None
+
+
+def _lazy_fill(region: Region, old: MappedRange, zero_frame: int | None) -> bool:
+    """A database page leaving the shared zero frame for its own: what its first write does."""
+    return (zero_frame is not None and region.name == "PFN database" and not old.attributes.writable
+            and old.pa == zero_frame and old.size == 4096)
 
 
 def _split(ranges: Iterable[MappedRange], regions: tuple[Region, ...]) -> Iterator[tuple[Region, MappedRange]]:
@@ -121,7 +145,8 @@ class PageTableChanges:
     changes: tuple[Change, ...]
 
     @classmethod
-    def of(cls, diff: SnapshotDiff, regions: tuple[Region, ...]) -> PageTableChanges:
+    def of(cls, diff: SnapshotDiff, regions: tuple[Region, ...], zero_frame: int | None = None) -> PageTableChanges:
+        """`zero_frame`: the PFN database's shared zero frame in the old tables (`shared_zero_frame`)."""
         found: list[Change] = []
         for region, piece in _split(diff.added, regions):
             found.append(Change("added", region, None, piece))
@@ -129,7 +154,9 @@ class PageTableChanges:
             found.append(Change("removed", region, piece, None))
         for old, new in diff.changed:
             for region, piece in _split([new], regions):
-                found.append(Change("changed", region, old.clip(piece.va, piece.va_end), piece))
+                before = old.clip(piece.va, piece.va_end)
+                found.append(Change("changed", PFN_DATABASE_FILLED if _lazy_fill(region, before, zero_frame)
+                                    else region, before, piece))
         return cls(tuple(sorted(found, key=lambda c: c.range.va)))
 
     @property
@@ -243,7 +270,8 @@ class PageTableGuard:
         now = self.current()
         if now is self._baseline:
             return PageTableChanges(())
-        return PageTableChanges.of(_diff(self._baseline, now), self.regions)
+        return PageTableChanges.of(_diff(self._baseline, now), self.regions,
+                                   shared_zero_frame(self._baseline, self.regions))
 
     def changes_or_reason(self) -> PageTableChanges | str:
         """`changes()`, or why the tables could not be read (for reports, which must not fail)."""
@@ -255,9 +283,11 @@ class PageTableGuard:
 
 __all__ = [
     "OUTSIDE",
+    "PFN_DATABASE_FILLED",
     "Change",
     "PageTableChanges",
     "PageTableGuard",
     "Region",
     "kernel_regions",
+    "shared_zero_frame",
 ]
