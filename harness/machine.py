@@ -39,6 +39,10 @@ QEMU_BINARY = "qemu-system-x86_64"
 QBOOT_ROM = "/usr/share/qemu/qboot.rom"
 EXIT_PORT = 0xF4
 AGENT_UART = (0x2F8, 3)  # iobase, irq
+# A bugcheck writes pvpanic before its exit write, and a triple fault asks for a reset: QEMU pauses on
+# either instead of ending, so the harness can take a core dump (harness.coredump), then resumes the
+# guest (a bugcheck's exit write follows: status 33) or quits. `quit` and signals still end QEMU.
+CRASH_ACTIONS = "panic=pause,reboot=shutdown,shutdown=pause"
 
 # isa-debug-exit statuses (docs/agent-protocol.md).
 STATUS_POWERED_OFF = 1
@@ -74,12 +78,13 @@ def qemu_arguments(config: VmConfig, plan: LaunchPlan, *, qmp: str, console: str
         "-cpu", config.cpu,
         "-smp", str(config.smp),
         "-m", f"{config.memory_mib}M",
-        "-nodefaults", "-no-reboot", "-display", "none", "-S",
+        "-nodefaults", "-action", CRASH_ACTIONS, "-display", "none", "-S",
         "-chardev", f"{qmp},id=qmp", "-mon", "chardev=qmp,mode=control",
         "-chardev", f"{console},id=console", "-serial", "chardev:console",
         "-chardev", f"{agent},id=agent",
         "-device", f"isa-serial,chardev=agent,iobase={AGENT_UART[0]:#x},irq={AGENT_UART[1]}",
         "-device", f"isa-debug-exit,iobase={EXIT_PORT:#x},iosize=4",
+        "-device", "pvpanic",
     ]
     if plan.kernel is not None:
         args += ["-kernel", str(plan.kernel), "-append", config.full_cmdline()]
@@ -100,7 +105,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed process its parent has not reaped yet (a dead xdist worker) still answers kill(0).
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def sweep_stale_runtime_dirs() -> list[Path]:
@@ -118,6 +127,12 @@ def sweep_stale_runtime_dirs() -> list[Path]:
 
 _live: set[QemuMachine] = set()
 _live_lock = threading.Lock()
+
+
+def live_machines() -> list[QemuMachine]:
+    """Every machine of this process whose shutdown has not finished."""
+    with _live_lock:
+        return list(_live)
 
 
 @atexit.register
@@ -303,8 +318,10 @@ class QemuMachine:
         """quit, wait, kill; then release everything. Returns QEMU's exit status."""
         try:
             if self.running and self.qmp is not None:
-                with contextlib.suppress(InfrastructureError):
+                try:
                     self.qmp.command("quit", timeout=grace)
+                except InfrastructureError:  # QMP is gone (or QEMU with it): only a signal is left
+                    self.kill()
                 if self.wait_exit(grace) is None:
                     self.kill()
                     self.wait_exit(grace)

@@ -30,6 +30,8 @@ class ProbeResult:
     runnable: bool
     reason: str  # why not, or a note on how the accelerator was chosen
     missing_features: tuple[str, ...] = ()
+    rejected: bool = False  # QEMU refused the config's command line: a broken config, not a host limit
+    detail: str = ""  # for a rejection: QEMU's exit code, command line and stderr
 
 
 def kvm_status() -> tuple[bool, str]:
@@ -75,7 +77,8 @@ def probe_on(config: VmConfig, accelerator: str) -> ProbeResult:
         except QemuLaunchError as exc:
             lines = [ln for ln in exc.stderr.splitlines() if ln.strip()]
             message = lines[-1] if lines else f"exit code {exc.exit_code}"
-            return ProbeResult(config.name, accelerator, False, f"QEMU rejects it under {accelerator}: {message}")
+            return ProbeResult(config.name, accelerator, False, f"QEMU rejects it under {accelerator}: {message}",
+                               rejected=True, detail=str(exc))
         try:
             try:
                 features = _cpu_features(machine, config.required_features)
@@ -107,7 +110,7 @@ def probe(config: VmConfig) -> ProbeResult:
         on_tcg = probe_on(config, "tcg")
         return ProbeResult(config.name, "tcg", on_tcg.runnable,
                            f"auto: TCG, because under KVM {on_kvm.reason}" if on_tcg.runnable else on_tcg.reason,
-                           on_tcg.missing_features)
+                           on_tcg.missing_features, on_tcg.rejected, on_tcg.detail)
     on_tcg = probe_on(config, "tcg")
     if on_tcg.runnable:
         return ProbeResult(config.name, "tcg", True, f"auto: TCG, because {why}")

@@ -8,17 +8,22 @@ each of them time out.
 
 Tests run grouped by config; under pytest-xdist (`-n`) a module's tests on one config go to one
 worker (harness.xdist_scheduling), and a worker keeps a single VM running. After each test the `vm`
-fixture compares the kernel's outstanding objects with what it found before: a test that leaks
-pool, PTEs, MDLs or a raised IRQL fails, and the VM is discarded.
+fixture compares the kernel's outstanding objects with what it found before, and the page tables
+as the host walks them (harness.pagetable_guard): a test that leaks pool, PTEs, MDLs, a raised IRQL
+or a mapping in a region it must restore fails, and the VM is discarded.
 
 Outcomes: besides pass, fail and skip, a VM test can end as TIMEOUT (GuestTimeout), CRASHED (an
-uncaught BugCheck or reset) or INFRA (InfrastructureError: QEMU died, refused to start...). They are
-counted apart in the terminal summary and carried in JUnit XML as the property `mmhil.outcome`,
-next to `mmhil.config`, `mmhil.accelerator`, `mmhil.qemu` and `mmhil.kernel_build`. An INFRA
-outcome is retried once on a fresh VM; a failure never is.
+uncaught BugCheck or reset) or INFRA (InfrastructureError: QEMU died, refused to start, a full
+disk for the artifacts, a killed xdist worker...). They are counted apart in the terminal summary
+and carried in JUnit XML as the property `mmhil.outcome`, next to `mmhil.config`,
+`mmhil.accelerator`, `mmhil.qemu` and `mmhil.kernel_build`. An INFRA outcome is retried once on a
+fresh VM (or worker); a failure never is, nor a VM that failed to come up (its boot was retried).
+docs/faults.md has the table of faults and outcomes.
 
 Each failing VM test gets a folder in the artifacts with the console, QMP and agent logs, QEMU's
-stderr, a page-table dump, every vCPU's `info registers` and `repro.sh`, which starts the same VM by hand.
+stderr, the report, a page-table dump and the test's page-table diff, every vCPU's `info registers`,
+`repro.sh`, which starts the same VM by hand, and for a CRASHED or TIMEOUT outcome the guest's ELF
+core (harness.coredump).
 
 Options: --vm-config NAME (repeatable; NAME may be group:G), --vm-accel tcg|kvm|auto,
 --vm-artifacts DIR, --shard I/N, --gdb. Marker:
@@ -27,13 +32,18 @@ Options: --vm-config NAME (repeatable; NAME may be group:G), --vm-accel tcg|kvm|
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import shutil
+import signal
+import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -41,12 +51,17 @@ from _pytest.runner import runtestprotocol
 
 from harness.build import REPO_ROOT, KernelImage, build_kernel
 from harness.config import VmConfig, load_configs, select_configs
+from harness.coredump import CORE_NAME, CoreDump
 from harness.errors import GuestCrash, GuestTimeout, InfrastructureError, MmhilError
+from harness.machine import live_machines, sweep_stale_runtime_dirs
+from harness.pagetable_guard import PageTableChanges, PageTableGuard
 from harness.probe import probe, qemu_version
 from harness.vm import Vm
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _OUTCOME = "mmhil.outcome"
+# Free space the artifacts need before a VM boots: its logs, and the failure folders of its tests.
+ARTIFACTS_MIN_FREE = 4 << 20
 # category, short letter, verbose word: how pytest shows each outcome of ours.
 _STATUS = {
     "timeout": ("timeout", "T", "TIMEOUT"),
@@ -189,6 +204,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # -- outcomes -----------------------------------------------------------------------------------
 
 
+def _disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _classify(excinfo: pytest.ExceptionInfo[BaseException] | None) -> str | None:
     if excinfo is None:
         return None
@@ -196,7 +215,7 @@ def _classify(excinfo: pytest.ExceptionInfo[BaseException] | None) -> str | None
         return "timeout"
     if excinfo.errisinstance(GuestCrash):
         return "crashed"
-    if excinfo.errisinstance(InfrastructureError):
+    if excinfo.errisinstance(InfrastructureError) or _disk_full(excinfo.value):
         return "infra"
     return None
 
@@ -218,9 +237,23 @@ def pytest_runtest_makereport(
         if outcome:
             item.user_properties.append((_OUTCOME, outcome))
             report.user_properties = [*report.user_properties, (_OUTCOME, outcome)]
+        if call.excinfo is not None and _disk_full(call.excinfo.value):
+            report.sections.append((_DISK_FULL, _disk_full_note(item, call.excinfo.value)))
         if slot is not None:
-            report.sections.append(("mmhil VM", slot.describe(item)))
+            report.sections.append(("mmhil VM", slot.describe(item, report, outcome)))
     return report
+
+
+_DISK_FULL = "mmhil disk full"
+
+
+def _disk_full_note(item: pytest.Item, error: BaseException) -> str:
+    slot = item.stash.get(_SLOT, None)
+    where = slot.vm.artifacts if slot is not None and slot.vm is not None else \
+        Path(item.config.getoption("--vm-artifacts"))
+    file = getattr(error, "filename", None)
+    return (f"no space left for the artifacts at {where}" + (f" (writing {file})" if file else "")
+            + f": {_free_bytes(where)} bytes free")
 
 
 def _outcome(report: pytest.TestReport | pytest.CollectReport) -> str | None:
@@ -242,7 +275,9 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return None
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     reports = runtestprotocol(item, nextitem=nextitem, log=False)
-    if any(r.failed and _outcome(r) == "infra" for r in reports):
+    slot = item.stash.get(_SLOT, None)
+    brought_up = slot is None or slot.bring_up_error is None  # a failed bring-up was retried already
+    if brought_up and any(r.failed and _outcome(r) == "infra" for r in reports):
         for report in reports:
             if report.failed:
                 report.sections.append(("mmhil retry", "infrastructure error: retried once on a fresh VM"))
@@ -257,12 +292,78 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     return True
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+    """An xdist worker died under a test (SIGKILL, OOM): INFRA, retried once on a new worker."""
+    from harness.xdist_scheduling import ConfigScheduling
+
+    if isinstance(sched, ConfigScheduling) and sched.retries_crashed(crashitem):
+        report.outcome = "rerun"  # type: ignore[assignment]
+        report.sections.append(("mmhil retry", "the worker died: retried once on a new worker"))
+    else:
+        report.user_properties = [*report.user_properties, (_OUTCOME, "infra")]
+        # xdist's "???" phase: JUnit XML takes properties from teardown reports only (see makereport).
+        report.when = "teardown"
+
+
+def _kill_vms_at_once(signum: int, frame: FrameType | None) -> None:
+    machines = live_machines()
+    os.write(2, f"\nmmhil: Ctrl-C again: killing {len(machines)} QEMU process(es) at once, then cleaning up\n"
+                .encode())
+    for machine in machines:
+        machine.kill()
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """The run is ending and is about to clean up (fixture teardown: QMP quit, waits, files). A second
+    Ctrl-C must not cut that short, which would leave QEMU, its files or a log's end behind: from now
+    on Ctrl-C kills the remaining QEMUs at once, and the cleanup finishes without waiting for them.
+    (Ctrl-\\ still ends pytest outright; QEMU dies with it, by its parent-death signal.)"""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _kill_vms_at_once)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A process that died without cleaning up (a killed xdist worker) left its runtime directory;
+    the next launch sweeps it, and, in case there is none, the end of the run does."""
+    sweep_stale_runtime_dirs()
+
+
+def _first_line(report: pytest.TestReport) -> str:
+    """The first line of what went wrong, as pytest's short summary shows it."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = str(getattr(crash, "message", "") or report.longreprtext).strip()
+    line = " | ".join(part.strip() for part in text.splitlines()[:2])[:300]  # "...: guest bugcheck | *** STOP..."
+    notes = [content for title, content in report.sections if title == _DISK_FULL]
+    return line + "".join(f" ({note})" for note in notes)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    counts = {word: len(terminalreporter.stats.get(category, [])) for category, _, word in _STATUS.values()}
-    reruns = len(terminalreporter.stats.get("rerun", []))
-    if any(counts.values()) or reruns:
-        parts = [f"{n} {word.lower()}" for word, n in counts.items() if n] + ([f"{reruns} retried"] if reruns else [])
-        terminalreporter.write_sep("=", "mmhil: " + ", ".join(parts))
+    """pytest lists only its own categories: show ours the way it shows FAILURES, then count them."""
+    tr = terminalreporter
+    ours = [(word, report) for category, _, word in _STATUS.values() for report in tr.stats.get(category, [])]
+    if ours and tr.config.getoption("tbstyle", "auto") != "no":
+        tr.write_sep("=", "mmhil: TIMEOUT, CRASHED and INFRA outcomes")
+        for word, report in ours:
+            tr.write_sep("_", f"{word} {report.head_line or report.nodeid}", red=True)
+            tr.write_line(report.longreprtext)
+            for title, content in report.sections:
+                tr.write_sep("-", title)
+                tr.write_line(content.rstrip("\n"))
+    counts = {word: len(tr.stats.get(category, [])) for category, _, word in _STATUS.values()}
+    # A retried test's call and teardown can both have failed: one line per test.
+    first_reruns: dict[str, pytest.TestReport] = {}
+    for report in tr.stats.get("rerun", []):
+        first_reruns.setdefault(report.nodeid, report)
+    reruns = list(first_reruns.values())
+    if ours or reruns:
+        parts = [f"{n} {word.lower()}" for word, n in counts.items() if n]
+        parts += [f"{len(reruns)} retried"] if reruns else []
+        tr.write_sep("=", "mmhil: " + ", ".join(parts))
+        for report in reruns:
+            tr.write_line(f"RETRIED {report.nodeid} - {_first_line(report)}")
+        for word, report in ours:
+            tr.write_line(f"{word} {report.nodeid} - {_first_line(report)}")
 
 
 # -- VMs ----------------------------------------------------------------------------------------
@@ -270,41 +371,152 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @dataclass
 class _Slot:
-    """The VM a worker keeps for one config between tests."""
+    """The VM a worker keeps for one config between tests, and the page-table guard of that VM."""
 
     vm: Vm | None = None
     bring_up_error: str | None = None
     boots: int = 0
+    guard: PageTableGuard | str | None = None  # str: why this VM has none
+    guarded_vm: Vm | None = None
 
-    def describe(self, item: pytest.Item) -> str:
+    def guard_for(self, vm: Vm) -> PageTableGuard | str:
+        if self.guarded_vm is not vm or self.guard is None:
+            self.guard, self.guarded_vm = PageTableGuard.attach(vm), vm
+        return self.guard
+
+    def page_table_changes(self, vm: Vm) -> str:
+        """The test's page-table diff for a failure report; never raises."""
+        guard = self.guard if self.guarded_vm is vm else None
+        if guard is None:
+            return "no page-table diff: the test did not get as far as its VM"
+        if isinstance(guard, str):
+            return guard
+        try:
+            if vm.alive:  # stop a guest that may still be busy (a timeout), so the walk is consistent
+                with vm.verify.stopped(ask_guest=False, timeout=3.0):
+                    changes = guard.changes_or_reason()
+            else:  # a crashed guest: its RAM outlives QEMU, the walk is post mortem
+                changes = guard.changes_or_reason()
+        except MmhilError as exc:
+            return f"no page-table diff: {str(exc).splitlines()[0]}"
+        return changes if isinstance(changes, str) else changes.format()
+
+    def describe(self, item: pytest.Item, report: pytest.TestReport, outcome: str | None) -> str:
         vm = self.vm
         if vm is None:
             return self.bring_up_error or "no VM"
         m = vm.machine
-        folder = _save_failure_artifacts(vm, item)
-        return (f"config {vm.name} on {vm.accelerator}, QEMU pid {m.pid}, exit status {m.exit_status}\n"
+        diff = self.page_table_changes(vm)
+        folder, notes = _save_failure_artifacts(vm, item, outcome, diff)
+        notes += _space_notes(vm)
+        text = (f"config {vm.name} on {vm.accelerator}, QEMU pid {m.pid}, exit status {m.exit_status}\n"
                 f"artifacts of this failure: {folder} (repro.sh starts the same VM by hand)\n"
+                + "".join(f"{note}\n" for note in notes)
+                + f"page-table changes during the test:\n{diff}\n"
                 f"console tail ({m.console_log}):\n{vm.console_tail(30)}\n"
                 f"QEMU stderr ({m.stderr_log}):\n{m.stderr_tail(10) or '(empty)'}\n"
                 f"command line: {m.command_line()}")
+        # The whole report beside the logs, so that the folder reads on its own (e.g. from CI).
+        with contextlib.suppress(OSError), (folder / "report.txt").open("a") as saved:
+            saved.write(f"{item.nodeid} ({report.when}): {outcome or report.outcome}\n\n"
+                        f"{report.longreprtext}\n\n-- mmhil VM --\n{text}\n\n")
+        return text
 
 
 _SLOT = pytest.StashKey[_Slot]()
 
 
-def _save_failure_artifacts(vm: Vm, item: pytest.Item) -> Path:
+def _free_bytes(path: Path) -> int | None:
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def _space_notes(vm: Vm) -> list[str]:
+    """What a full disk did to this VM's logs, if it did anything."""
+    notes = []
+    free = _free_bytes(vm.artifacts)
+    if free is not None and free < ARTIFACTS_MIN_FREE:
+        notes.append(f"the artifacts' file system is full: {free} bytes free at {vm.artifacts}; "
+                     f"the logs there may be cut short")
+    qmp = vm.machine.qmp
+    if qmp is not None and qmp.log_error is not None:
+        notes.append(f"the QMP log {qmp.log_path} could not be written: {qmp.log_error}")
+    notes += [f"a log could not be written in full: {problem}" for problem in vm.log_problems]
+    return notes
+
+
+def _core_for_failure(vm: Vm, folder: Path, outcome: str | None) -> CoreDump | None:
+    """The failure's core in its folder: the crash's, moved from the boot folder, or, for a guest
+    that hangs, one taken now."""
+    core = vm.core
+    if core is not None and core.path is not None and core.path.exists():
+        target = folder / CORE_NAME
+        os.replace(core.path, target)  # boot and failure folders share a file system
+        vm.core = CoreDump(target, core.note)
+    elif core is None and outcome == "timeout" and vm.machine.running:
+        vm.core = vm.take_core(folder / CORE_NAME)
+    return vm.core
+
+
+def _repro_script(vm: Vm, core: CoreDump | None) -> str:
+    """The machine's script, its comments followed by what a failure folder adds."""
+    lines = vm.machine.repro_script().split("\n")
+    comments = next(i for i, line in enumerate(lines) if i and not line.startswith("#"))
+    notes = ["# A bugcheck (pvpanic) or a triple fault pauses QEMU rather than ending it: on ./qmp.sock,",
+             "# `dump-guest-memory` takes a core, `cont` lets a bugcheck exit (status 33), `quit` ends it."]
+    if core is not None and core.path is not None:
+        notes.append(f"# {core.path.name} beside this script is the guest's memory at the failure; open it with:")
+        notes.append(f"#   gdb {vm.kernel.path} {core.path.name}")
+    return "\n".join([*lines[:comments], *notes, *lines[comments:]])
+
+
+def _save_failure_artifacts(vm: Vm, item: pytest.Item, outcome: str | None,
+                            page_table_diff: str) -> tuple[Path, list[str]]:
+    """Fill failures/<test>/; returns the folder and notes on the core and on what could not be saved."""
     folder = vm.artifacts.parent / "failures" / re.sub(r"[^\w.\[\]-]+", "_", item.name)
-    folder.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
     m = vm.machine
-    for log in (m.console_log, m.stderr_log, m.qmp_log, m.agent_log):
-        if log.exists():
-            shutil.copy(log, folder / log.name)
-    (folder / "page-tables.txt").write_text(vm.page_table_dump() + "\n")
-    (folder / "registers.txt").write_text(vm.register_dump() + "\n")
-    repro = folder / "repro.sh"
-    repro.write_text(m.repro_script())
-    repro.chmod(0o755)
-    return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for log in (m.console_log, m.stderr_log, m.qmp_log, m.agent_log):
+            if log.exists():
+                shutil.copy(log, folder / log.name)
+        (folder / "page-tables.txt").write_text(vm.page_table_dump() + "\n")
+        (folder / "page-table-diff.txt").write_text(page_table_diff + "\n")
+        (folder / "registers.txt").write_text(vm.register_dump() + "\n")
+    except OSError as exc:  # e.g. a full disk: say so, the report itself must still come out
+        notes.append(f"the failure folder is incomplete: {exc}")
+    core = None
+    try:
+        core = _core_for_failure(vm, folder, outcome)
+    except OSError as exc:
+        notes.append(f"the core could not be kept: {exc}")
+    if core is not None:
+        notes.append(f"core: {core.path} ({core.note}); open it with: gdb {vm.kernel.path} {core.path}"
+                     if core.path is not None else core.note)
+    try:
+        repro = folder / "repro.sh"
+        repro.write_text(_repro_script(vm, core))
+        repro.chmod(0o755)
+    except OSError as exc:
+        notes.append(f"repro.sh could not be written: {exc}")
+    return folder, notes
+
+
+def _check_artifacts_space(root: Path) -> None:
+    """A VM's logs need somewhere to go: refuse to boot onto a full file system, naming it."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InfrastructureError(f"cannot create the artifacts directory {root}: {exc.strerror}") from exc
+    free = _free_bytes(root)
+    if free is not None and free < ARTIFACTS_MIN_FREE:
+        raise InfrastructureError(
+            f"no space for VM logs: the file system of {root} has {free} bytes free, a VM needs "
+            f"{ARTIFACTS_MIN_FREE >> 20} MiB; free some, or point --vm-artifacts elsewhere")
 
 
 class VmPool:
@@ -316,8 +528,11 @@ class VmPool:
         self.gdb = gdb
         self.slots: dict[str, _Slot] = {}
 
+    def slot_of(self, vm_config: VmConfig) -> _Slot:
+        return self.slots.setdefault(vm_config.name, _Slot())
+
     def get(self, vm_config: VmConfig) -> tuple[_Slot, Vm]:
-        slot = self.slots.setdefault(vm_config.name, _Slot())
+        slot = self.slot_of(vm_config)
         if slot.bring_up_error is not None:
             pytest.skip(f"VM {vm_config.name} failed to come up earlier in this run: {slot.bring_up_error}")
         if slot.vm is not None and slot.vm.alive:
@@ -328,12 +543,21 @@ class VmPool:
         result = probe(vm_config)
         if not result.runnable:
             slot.bring_up_error = result.reason
+            if result.rejected:  # a broken config is an error, not a reason to skip its tests quietly
+                raise InfrastructureError(f"config {vm_config.name} ({vm_config.source}): {result.reason}\n"
+                                          f"{result.detail}")
             pytest.skip(f"{vm_config.name}: {result.reason}")
+        _check_artifacts_space(self.artifacts)
         for attempt in (1, 2):
             slot.boots += 1
             artifacts = self.artifacts / vm_config.name / f"boot-{slot.boots}"
-            vm = Vm(vm_config, kernel=self.kernel, accelerator=result.accelerator, artifacts=artifacts,
-                    gdb_socket=artifacts / "gdb.sock" if self.gdb else None)
+            try:
+                vm = Vm(vm_config, kernel=self.kernel, accelerator=result.accelerator, artifacts=artifacts,
+                        gdb_socket=artifacts / "gdb.sock" if self.gdb else None)
+            except OSError as exc:  # its log folder cannot be made
+                if not _disk_full(exc):
+                    slot.bring_up_error = str(exc)
+                raise
             vm.on_gdb_wait = partial(_tell_how_to_attach, self.kernel.path)
             slot.vm = vm
             try:
@@ -346,7 +570,8 @@ class VmPool:
                     raise
             except (MmhilError, OSError) as exc:
                 vm.shutdown()
-                slot.bring_up_error = str(exc).splitlines()[0]
+                if not _disk_full(exc):  # a full disk is not the config's fault: later tests may run
+                    slot.bring_up_error = str(exc).splitlines()[0]
                 raise
         raise AssertionError("unreachable")
 
@@ -354,7 +579,11 @@ class VmPool:
         slot = self.slots.get(name)
         if slot is not None and slot.vm is not None:
             slot.vm.shutdown()
+            # A core still in the boot folder belongs to no failure (a test caught the crash): it is
+            # as big as the guest's RAM, so it goes.
+            (slot.vm.artifacts / CORE_NAME).unlink(missing_ok=True)
             slot.vm = None
+            slot.guard = slot.guarded_vm = None
 
     def close(self) -> None:
         for name in list(self.slots):
@@ -411,44 +640,69 @@ def leaks(before: dict[str, int], after: dict[str, int]) -> list[str]:
     return found
 
 
+def _passed(request: pytest.FixtureRequest, vm: Vm) -> bool:
+    """The test ran to its end and passed, on a VM still alive. (No call report: it was interrupted,
+    and its guest may be stuck where Ctrl-C left it.)"""
+    reports = request.node.stash.get(_REPORTS, {})
+    return "call" in reports and not any(r.failed for r in reports.values()) and vm.alive
+
+
 def _leak_check(request: pytest.FixtureRequest, vm: Vm, before: dict[str, int]) -> list[str]:
     """What a passing test left behind; nothing is checked after a failure or a crash."""
-    reports = request.node.stash.get(_REPORTS, {})
-    if any(r.failed for r in reports.values()) or not vm.alive:
-        return []
-    return leaks(before, vm.mm.outstanding())
+    return leaks(before, vm.mm.outstanding()) if _passed(request, vm) else []
 
 
-def _fail_for_leaks(vm: Vm, left: list[str]) -> None:
-    if left:
-        pytest.fail(f"{vm.name}: the test left kernel state behind (the VM is discarded, so the next test "
-                    f"starts clean):\n  " + "\n  ".join(left), pytrace=False)
+def _mapping_check(request: pytest.FixtureRequest, vm: Vm, guard: PageTableGuard | str) -> PageTableChanges | None:
+    """The page-table changes a passing test left in regions it must restore, if any."""
+    if isinstance(guard, str) or not _passed(request, vm):
+        return None
+    changes = guard.changes()
+    return changes if changes.left_behind else None
+
+
+def _fail_for_leaks(vm: Vm, left: list[str], mappings: PageTableChanges | None = None) -> None:
+    if not left and mappings is None:
+        return
+    lines = list(left)
+    if mappings is not None:
+        lines.append("page-table mappings in regions the test must leave as it found them "
+                     "(docs/faults.md):\n" + mappings.format(mappings.left_behind))
+    pytest.fail(f"{vm.name}: the test left kernel state behind (the VM is discarded, so the next test "
+                f"starts clean):\n  " + "\n  ".join(lines), pytrace=False)
+
+
+def _start(request: pytest.FixtureRequest, vm_pool: VmPool, vm_config: VmConfig) -> tuple[Vm, PageTableGuard | str]:
+    slot = vm_pool.slot_of(vm_config)
+    request.node.stash[_SLOT] = slot  # before the boot, so that a failed boot is reported with its VM
+    _, machine = vm_pool.get(vm_config)
+    guard = slot.guard_for(machine)
+    if isinstance(guard, PageTableGuard):
+        guard.start()
+    return machine, guard
 
 
 @pytest.fixture
 def vm(request: pytest.FixtureRequest, vm_pool: VmPool, vm_config: VmConfig) -> Iterator[Vm]:
     """A booted VM of the test's config; shared with later tests unless this one fails, crashes it or
-    leaks kernel objects (which fails it)."""
-    slot, machine = vm_pool.get(vm_config)
-    request.node.stash[_SLOT] = slot
+    leaves kernel objects or mappings behind (which fails it)."""
+    machine, guard = _start(request, vm_pool, vm_config)
     before = machine.mm.outstanding()
     yield machine
     left = _leak_check(request, machine, before)
-    reports = request.node.stash.get(_REPORTS, {})
-    if left or any(r.failed for r in reports.values()) or not machine.alive:
+    mappings = _mapping_check(request, machine, guard)
+    if left or mappings or not _passed(request, machine):
         vm_pool.discard(vm_config.name)
-    _fail_for_leaks(machine, left)
+    _fail_for_leaks(machine, left, mappings)
 
 
 @pytest.fixture
 def fresh_vm(request: pytest.FixtureRequest, vm_pool: VmPool, vm_config: VmConfig) -> Iterator[Vm]:
     """A VM booted for this test alone (for tests that crash or kill it on purpose)."""
     vm_pool.discard(vm_config.name)
-    slot, machine = vm_pool.get(vm_config)
-    request.node.stash[_SLOT] = slot
+    machine, guard = _start(request, vm_pool, vm_config)
     before = machine.mm.outstanding()
     yield machine
     try:
-        _fail_for_leaks(machine, _leak_check(request, machine, before))
+        _fail_for_leaks(machine, _leak_check(request, machine, before), _mapping_check(request, machine, guard))
     finally:
         vm_pool.discard(vm_config.name)

@@ -2,7 +2,8 @@
 
 The client runs in its own event-loop thread, so callers on any thread get plain blocking calls with
 timeouts. Every event QEMU sends is recorded (none is dropped) and every command, reply and event is
-written to the VM's QMP log.
+written to the VM's QMP log. A log that cannot be written (a full disk) never breaks the channel: the
+first such error is kept in `log_error` for the failure report.
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ class QmpChannel:
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"qmp-{vm_name}", daemon=True)
         self._thread.start()
         self._client: QMPClient | None = None
+        self._socket: socket.socket | None = None
+        self.log_path = log_path
+        self.log_error: OSError | None = None  # the first failed write to the QMP log
+        # Called on the event-loop thread with each event as it arrives: keep it short, never block.
+        self.on_event: Callable[[QmpEvent], None] | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -82,9 +88,14 @@ class QmpChannel:
     def _write_log(self, direction: str, payload: object) -> None:
         line = json.dumps(payload, default=str, sort_keys=True)
         with self._log_lock:
-            if not self._log.closed:
+            if self._log.closed:
+                return
+            try:
                 self._log.write(f"{time.time():.6f} {direction} {line}\n")
                 self._log.flush()
+            except OSError as exc:  # a full disk must not take QMP down with it; the report says so
+                if self.log_error is None:
+                    self.log_error = exc
 
     def _record(self, message: Message) -> None:
         data = message.get("data")
@@ -93,6 +104,8 @@ class QmpChannel:
         with self._events_changed:
             self._events.append(event)
             self._events_changed.notify_all()
+        if self.on_event is not None:
+            self.on_event(event)
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -104,6 +117,7 @@ class QmpChannel:
             client.register_listener(_Recorder(self))
             await client.connect(sock)
             self._client = client
+            self._socket = sock
 
         try:
             self._run(connect, timeout, "connect")
@@ -129,6 +143,34 @@ class QmpChannel:
             raise InfrastructureError(f"{self.vm_name}: QMP {name} failed: {exc}") from exc
         self._write_log("reply", {"execute": name, "return": result})
         return result
+
+    def send_fd(self, name: str, fd: int, timeout: float = 10.0) -> None:
+        """Hand QEMU an open file descriptor (SCM_RIGHTS on the QMP socket) and name it with `getfd`, so
+        commands can use it as `fd:NAME` without QEMU opening any path itself. QEMU owns its copy (QMP
+        `closefd` releases it); the caller keeps and closes its own."""
+        client = self._client
+        if client is None:
+            raise InfrastructureError(f"{self.vm_name}: QMP is not connected; cannot pass a file descriptor")
+        self._write_log("send", {"execute": "getfd", "arguments": {"fdname": name}, "fd": fd})
+
+        async def pass_fd() -> object:
+            client.send_fd_scm(fd)  # the descriptor rides on a byte of its own, ahead of the command
+            return await client.execute("getfd", {"fdname": name})
+
+        try:
+            self._run(pass_fd, timeout, "getfd")
+        except ExecuteError as exc:
+            self._write_log("error", {"execute": "getfd", "error": str(exc)})
+            raise QmpCommandError("getfd", exc.error_class, str(exc)) from exc
+        except (QMPError, OSError) as exc:
+            self._write_log("error", {"execute": "getfd", "error": str(exc)})
+            raise InfrastructureError(f"{self.vm_name}: QMP getfd failed: {exc}") from exc
+        self._write_log("reply", {"execute": "getfd", "return": {}})
+
+    @property
+    def transport_socket(self) -> socket.socket | None:
+        """The harness's end of the QMP socketpair (fault-injection tests close it under the harness)."""
+        return self._socket
 
     def hmp(self, command_line: str, timeout: float = 10.0, cpu: int = 0) -> str:
         """Run a human-monitor command on vCPU `cpu` and return its text output."""
@@ -169,4 +211,8 @@ class QmpChannel:
         self._thread.join(5.0)
         self._loop.close()
         with self._log_lock:
-            self._log.close()
+            try:
+                self._log.close()
+            except OSError as exc:  # what was left to write could not be (a full disk)
+                if self.log_error is None:
+                    self.log_error = exc

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from harness.coredump import stop_expected
 from harness.errors import BugCheck, BugCheckRecord
 
 
@@ -26,11 +27,12 @@ class ExpectedStop:
 @contextmanager
 def expect_stop(code: int, *parameters: int | None) -> Iterator[ExpectedStop]:
     """The block must end in KeBugCheckEx(code, P1, ...): each given parameter must match exactly,
-    None matches anything, and parameters not given are not checked."""
+    None matches anything, and parameters not given are not checked. An expected stop is not a
+    crash: it leaves no core dump."""
     if len(parameters) > 4:
         raise ValueError(f"a bugcheck has 4 parameters, {len(parameters)} given")
     stop = ExpectedStop()
-    with pytest.raises(BugCheck) as caught:
+    with pytest.raises(BugCheck) as caught, stop_expected():
         yield stop
     record = caught.value.record
     stop.records.append(record)

@@ -7,10 +7,17 @@
 This is the layer that turns what the channels saw into verdicts: a `!bugcheck` frame becomes
 BugCheck, a closed channel becomes QemuDiedError or GuestReset, a silent guest becomes GuestTimeout.
 Each carries the console tail and the log paths, so a failure reads on its own.
+
+A crash the test did not expect leaves an ELF core of the guest in the VM's artifacts (`vm.core`,
+harness.coredump): QEMU pauses on the kernel's pvpanic write and on a triple fault's reset
+(machine.CRASH_ACTIONS), the harness dumps the guest, then lets the kernel's exit write end QEMU
+(status 33) or quits it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +29,7 @@ from harness.agent.mailbox import Mailbox
 from harness.build import KernelImage
 from harness.config import VmConfig
 from harness.console import BOOT_COMPLETE, Console, ConsoleBadPattern, ConsoleClosed, ConsoleTimeout
+from harness.coredump import CORE_NAME, CoreDump, dump_guest_core, stop_is_expected
 from harness.errors import (
     AgentError,
     BugCheck,
@@ -37,6 +45,7 @@ from harness.guest import MemoryManager
 from harness.machine import STATUS_BUGCHECK, LaunchPlan, QemuMachine
 from harness.monitor import QemuMonitor
 from harness.pump import Pump
+from harness.qmp import QmpEvent
 from harness.verify import Verifier, ram_layout
 
 
@@ -92,6 +101,9 @@ class Vm:
         # monitor answered), "resumed" (`cont`), "ready" (the agent's hello arrived).
         self.boot_clock: dict[str, float] = {}
         self.crash: BugCheck | GuestReset | None = None
+        self.core_dumps = True  # an unexpected crash leaves an ELF core (harness.coredump)
+        self.log_problems: list[str] = []  # logs that could not be written in full
+        self.core: CoreDump | None = None
         self.gdb_socket = gdb_socket
         # No time limits while a person steps through the kernel in gdb.
         self.timeout = 1e6 if gdb_socket else config.timeout
@@ -110,6 +122,7 @@ class Vm:
         self._console = Console(self._pumps[0].read_fd, machine.console_log)
         self._agent = AgentClient(machine.agent_socket, self._pumps[1].read_fd, machine.agent_log)
         self._monitor = QemuMonitor(machine.qmp, machine.runtime_dir)
+        machine.qmp.on_event = self._on_qmp_event
         if self.gdb_socket is not None:
             self.on_gdb_wait(self.gdb_socket)  # the person resumes the VM from gdb
         else:
@@ -167,7 +180,10 @@ class Vm:
         if self.gdb_socket is not None:
             self.gdb_socket.unlink(missing_ok=True)
         if self._agent is not None:
-            self._agent.close()
+            try:
+                self._agent.close()
+            except OSError as exc:  # its transcript's last lines could not be written (a full disk)
+                self.log_problems.append(f"{self.machine.agent_log}: {exc}")
         if self._console is not None:
             self._console.close()
         return status
@@ -247,10 +263,11 @@ class Vm:
         if self.crash is not None:
             raise self.crash
         where = "" if cpu is None else f" on CPU {cpu}"
+        seconds = timeout or self.timeout
         try:
-            response = self.agent.call(command, *args, timeout=timeout or self.timeout, cpu=cpu)
+            response = self.agent.call(command, *args, timeout=seconds, cpu=cpu)
         except MmhilError as exc:
-            raise self._verdict(exc, f"the answer to {command}{where}") from exc
+            raise self._verdict(exc, f"the answer to {command}{where}", seconds) from exc
         if not response.ok:
             raise AgentError(self.name, command + where, response.error_kind, response.error_message)
         return response.values
@@ -271,7 +288,7 @@ class Vm:
     def console_tail(self, lines: int = 25) -> str:
         return self._console.tail(lines) if self._console else ""
 
-    def _verdict(self, exc: MmhilError, waiting_for: str) -> MmhilError:
+    def _verdict(self, exc: MmhilError, waiting_for: str, seconds: float | None = None) -> MmhilError:
         """Turn a channel-level event into the error a test should see."""
         if isinstance(exc, AgentStopped):
             return self._crashed(bugcheck_record(exc.notice))
@@ -289,25 +306,66 @@ class Vm:
         if isinstance(exc, ChannelTimeout | ConsoleTimeout):
             if not self.machine.running:
                 return self._ended()
-            return GuestTimeout(self.name, waiting_for, self.timeout, self.console_tail(), self.machine.console_log)
+            return GuestTimeout(self.name, waiting_for, seconds or self.timeout, self.console_tail(),
+                                self.machine.console_log)
         return exc
 
+    def _on_qmp_event(self, event: QmpEvent) -> None:
+        """A guest's reset pauses QEMU (CRASH_ACTIONS) instead of ending it, so no channel closes by
+        itself: close them, so that whoever waits on the guest hears of it now, as when QEMU exits.
+        (Runs on the QMP thread: nothing here blocks.)"""
+        if event.name == "SHUTDOWN" and event.data.get("guest"):
+            for sock in (self.machine.console_socket, self.machine.agent_socket):
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+    def take_core(self, path: Path) -> CoreDump:
+        """An ELF core of the guest as it is now, while QEMU still runs (a hung guest, a paused crash)."""
+        qmp = self.machine.qmp
+        if qmp is None or not self.machine.running:
+            return CoreDump(None, f"no core: QEMU is not running (exit status {self.machine.exit_status})")
+        return dump_guest_core(qmp, path, self.config.memory_bytes)
+
+    def _core_of_crash(self) -> None:
+        if not self.core_dumps:
+            return
+        if stop_is_expected():
+            self.core = CoreDump(None, "no core: the test expected this stop")
+            return
+        self.core = self.take_core(self.artifacts / CORE_NAME)
+
     def _crashed(self, record: BugCheckRecord) -> BugCheck:
-        self.machine.wait_exit(5.0)  # the kernel ends QEMU itself (isa-debug-exit) right after the record
-        self.machine.shutdown(grace=2.0)
-        self.crash = BugCheck(self.name, record, self.console_tail(), self.machine.console_log)
+        machine = self.machine
+        # The kernel writes pvpanic right after the record, and QEMU pauses there (CRASH_ACTIONS).
+        deadline = time.monotonic() + 5.0
+        while machine.running and machine.qmp is not None and time.monotonic() < deadline:
+            if machine.qmp.wait_event("GUEST_PANICKED", 0.05) is not None:
+                self._core_of_crash()
+                with contextlib.suppress(InfrastructureError):  # QEMU may end before it answers
+                    machine.qmp.command("cont", timeout=2.0)
+                break
+        machine.wait_exit(5.0)  # the kernel's exit write (isa-debug-exit) ends QEMU: status 33
+        machine.shutdown(grace=2.0)
+        self.crash = BugCheck(self.name, record, self.console_tail(), machine.console_log)
         return self.crash
+
+    def _guest_shutdown(self) -> QmpEvent | None:
+        events = self.machine.qmp.events if self.machine.qmp else []
+        return next((e for e in events if e.name == "SHUTDOWN" and e.data.get("guest")), None)
 
     def _ended(self) -> MmhilError:
         """QEMU closed a channel: find out why it ended."""
         machine = self.machine
         deadline = time.monotonic() + 5.0
-        while machine.running and time.monotonic() < deadline:
+        while machine.running and self._guest_shutdown() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         status = machine.exit_status
         events = machine.qmp.events if machine.qmp else []
-        reset = next((e for e in events if e.name == "SHUTDOWN" and e.data.get("reason") == "guest-reset"), None)
-        if reset is not None or any(e.name == "RESET" for e in events):
+        shutdown = self._guest_shutdown()
+        if (shutdown is not None and shutdown.data.get("reason") == "guest-reset") or any(
+                e.name == "RESET" for e in events):
+            self._core_of_crash()  # QEMU waits, paused, with the guest as the reset found it
             self.crash = GuestReset(self.name, "QEMU reported a guest reset", self.console_tail())
             machine.shutdown(grace=1.0)
             return self.crash

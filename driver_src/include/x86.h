@@ -33,6 +33,8 @@
 #define COM2_IRQ 3                  /* its ISA IRQ (the harness: isa-serial irq=3) */
 #define DEBUG_EXIT_PORT 0xF4        /* isa-debug-exit: QEMU exits with status (value << 1) | 1 */
 #define DEBUG_EXIT_BUGCHECK 0x10    /* status 33: a bugcheck record precedes it */
+#define PVPANIC_PORT 0x505          /* QEMU's ISA pvpanic device (absent: the write goes nowhere) */
+#define PVPANIC_PANICKED 0x01       /* the guest panicked: QEMU reports GUEST_PANICKED */
 
 /* Vectors 0-31 are the CPU's exceptions; 32-255 are interrupts. */
 #define FIRST_INTERRUPT_VECTOR 32

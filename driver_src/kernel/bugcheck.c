@@ -12,8 +12,17 @@ static unsigned stops_entered;
 static const struct bugcheck *first_stop;
 static bool agent_record_sent;
 
+/*
+ * pvpanic first: under `-action panic=pause` QEMU stops the guest with its memory intact, so the
+ * host can take a core dump before it resumes the guest and the exit write ends QEMU with status 33.
+ * TCG pauses a vCPU only between translation blocks, and a block runs on past an I/O write: the
+ * loop's branches end the block, so the pause lands before the exit write.
+ */
 static NORETURN void exit_crashed(void)
 {
+	outb(PVPANIC_PORT, PVPANIC_PANICKED);
+	for (int i = 0; i < 16; i++)
+		asm volatile("pause");
 	outl(DEBUG_EXIT_PORT, DEBUG_EXIT_BUGCHECK);
 	halt_forever(); /* no isa-debug-exit device: wait for the host to kill the VM */
 }

@@ -163,6 +163,24 @@ static volatile uint64_t *database_pte(pfn_t pfn)
 
 static void take_free(pfn_t pfn, enum pfn_state purpose);
 
+/*
+ * The free frames whose entries are being made writable so that they can be taken: a database page
+ * must not get one of them (its caller takes it next, and would find it taken). Nested, because
+ * accounting a database page's frame may make another page writable.
+ */
+static const struct being_taken {
+	pfn_t pfn;
+	const struct being_taken *outer;
+} *being_taken;
+
+static bool is_being_taken(pfn_t pfn)
+{
+	for (const struct being_taken *t = being_taken; t != NULL; t = t->outer)
+		if (t->pfn == pfn)
+			return true;
+	return false;
+}
+
 /* A frame for a database page, taken without writing any entry (the page it is for is not writable
  * yet, and the frame's own entry may lie in it): the caller accounts for it afterwards. */
 static pfn_t database_page_frame(void)
@@ -180,14 +198,14 @@ static pfn_t database_page_frame(void)
 		pfn_t pfn = free_head;
 		free_head = pfn_database[pfn].next_free;
 		pfn_database[pfn].on_free_list = false;
-		if (pfn_database[pfn].state == PFN_FREE)
+		if (pfn_database[pfn].state == PFN_FREE && !is_being_taken(pfn))
 			return pfn;
 	}
 	for (;;) {
 		pfn_t pfn = carve_frame();
 		if (pfn == PFN_NONE)
 			KeBugCheckEx(NO_PAGES_AVAILABLE, 0, 0, total_frames, 0);
-		if (pfn_database[pfn].state == PFN_FREE)
+		if (pfn_database[pfn].state == PFN_FREE && !is_being_taken(pfn))
 			return pfn;
 	}
 }
@@ -215,7 +233,11 @@ static struct pfn_entry *pfn_writable(pfn_t pfn)
 
 static void transition(pfn_t pfn, enum pfn_state from, enum pfn_state to)
 {
+	const struct being_taken taking = {pfn, being_taken};
+	if (from == PFN_FREE)
+		being_taken = &taking;
 	struct pfn_entry *e = pfn_writable(pfn);
+	being_taken = taking.outer;
 	if (e->state != from)
 		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_CORRUPT_STATE, pfn, e->state, from);
 	e->state = to;

@@ -776,6 +776,7 @@ class Snapshot:
     anomalies: tuple[Anomaly, ...] = ()
     tables_read: int = 0
     leaf_count: int = 0
+    table_pas: tuple[int, ...] = field(default=(), compare=False)  # every table read, in walk order
     _starts: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -936,8 +937,12 @@ def _bounded(rows: list[str], limit: int | None, what: str) -> list[str]:
 
 
 def _same_run(a: MappedRange, b: MappedRange) -> bool:
+    # Addresses first, without the properties: most neighbours fail there, and cheaply.
     return (
-        a.va_end == b.va and a.pa_end == b.pa and a.leaf_size == b.leaf_size and a.attributes == b.attributes
+        a.va + a.size == b.va
+        and a.pa + a.size == b.pa
+        and a.leaf_size == b.leaf_size
+        and (a.attributes is b.attributes or a.attributes == b.attributes)
     )
 
 
@@ -983,7 +988,11 @@ class _SnapshotBuilder:
         self.anomalies: list[Anomaly] = []
         self.tables_read = 0
         self.leaf_count = 0
-        self._u64 = memory.u64_array() if isinstance(memory, ArrayBackedMemory) else None
+        self.table_pas: list[int] = []
+        self._attributes: dict[int, Attributes] = {}
+        # Checked once: isinstance() against a runtime Protocol costs more than reading a table.
+        self._array = memory if isinstance(memory, ArrayBackedMemory) else None
+        self._u64 = self._array.u64_array() if self._array is not None else None
 
     def read_table(self, pa: int) -> U64Array:
         self.tables_read += 1
@@ -991,13 +1000,20 @@ class _SnapshotBuilder:
             raise MemoryAccessError(
                 f"snapshot read more than {self.max_tables} tables; the tables are probably malformed"
             )
-        if self._u64 is not None and isinstance(self.memory, ArrayBackedMemory):
-            off = self.memory.layout.file_offset(pa, 4096)
-            return self._u64[off // 8 : off // 8 + 512]
-        return np.frombuffer(self.memory.read(pa, 4096), dtype="<u8")
+        if self._u64 is not None and self._array is not None:
+            off = self._array.layout.file_offset(pa, 4096)
+            table = self._u64[off // 8 : off // 8 + 512]
+        else:
+            table = np.frombuffer(self.memory.read(pa, 4096), dtype="<u8")
+        self.table_pas.append(pa)
+        return table
 
     def attributes(self, key: int) -> Attributes:
-        return _attributes_for(key, self.mode)
+        # A dict of its own: the shared lru_cache hashes the PagingMode on every call.
+        found = self._attributes.get(key)
+        if found is None:
+            found = self._attributes[key] = _attributes_for(key, self.mode)
+        return found
 
     def run(self) -> None:
         try:
@@ -1104,12 +1120,15 @@ class _SnapshotBuilder:
             starts = np.array([0])
         ends = np.append(starts[1:], li.size)
         top = level == mode.levels
-        for s, t in zip(starts.tolist(), ends.tolist(), strict=True):
-            i0 = int(li[s])
+        # Python ints out of numpy once, not per run: a PFN database maps thousands of runs.
+        first = li[starts].tolist()
+        run_pas = pa[starts].tolist()
+        run_keys = key[starts].tolist()
+        lengths = (ends - starts).tolist()
+        attributes = self.attributes
+        for i0, run_pa, run_key, count in zip(first, run_pas, run_keys, lengths, strict=True):
             va = sign_extend(i0 << shift, mode.va_bits) if top else va_base | (i0 << shift)
-            self.ranges.append(
-                MappedRange(va, int(pa[s]), (t - s) * size, size, self.attributes(int(key[s])))
-            )
+            self.ranges.append(MappedRange(va, run_pa, count * size, size, attributes(run_key)))
         self.leaf_count += int(li.size)
 
 
@@ -1139,6 +1158,7 @@ def snapshot(
         anomalies=tuple(sorted(b.anomalies, key=lambda a: (a.va, -a.level))),
         tables_read=b.tables_read,
         leaf_count=b.leaf_count,
+        table_pas=tuple(b.table_pas),
     )
 
 

@@ -5,44 +5,22 @@ Ctrl-C, and by SIGKILL (a killed pytest-xdist worker, which gets no chance to cl
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _processes import pid_alive, wait_gone
 
 from harness.config import VmConfig
 from harness.machine import SHM_DIR, sweep_stale_runtime_dirs
 from harness.probe import probe
 
 CHILD = Path(__file__).with_name("_boot_child.py")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0): count it as gone once it is no longer running.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.05)
-    return not pid_alive(pid)
 
 
 ChildReport = dict[str, Any]
