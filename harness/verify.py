@@ -214,7 +214,7 @@ class Verifier:
         self._vm = vm
         self.layout = ram_layout(vm.config)
         self.layout_problems = self._check_layout(vm.memory_map)
-        self.monitor_memory = MonitorMemory(vm.qemu, self.layout)
+        self.monitor_memory = MonitorMemory(vm.qemu, self.layout, scratch=vm.machine.scratch)
         fd = vm.machine.shared_ram_fd
         self.shared_memory = SharedRamMemory(fd, self.layout) if fd is not None else None
         self._facts: _CpuFacts | None = None
