@@ -56,6 +56,10 @@ class RamFile(Protocol):
 
     def read_at(self, offset: int, size: int) -> bytes: ...
 
+    def read_many_at(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        """Many reads, all sent before the first answer is awaited."""
+        ...
+
     def close(self) -> None: ...
 
 

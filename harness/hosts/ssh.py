@@ -160,6 +160,10 @@ class _Link:
                 self._report(json.loads(line))
         ended = (control.eof_received or control.closed) and not control.recv_ready()
         if ended and not self._closing and self.exit_status is None and self.lost is None:
+            # paramiko closes the channels before it marks the transport dead: give it a moment.
+            deadline = time.monotonic() + 2.0
+            while self.host.transport_active() and time.monotonic() < deadline:
+                time.sleep(0.02)
             why = "dropped" if not self.host.transport_active() else "ended without reporting QEMU's exit"
             self._set_lost(f"the SSH connection to {self.host.name} {why}")
 
@@ -308,6 +312,7 @@ class SshHost(VmHost):
         self._uploaded: dict[str, str] = {}  # content hash -> remote path, for this connection
         self._cache = CACHE_DIR
         self._info: dict[str, Any] | None = None
+        self._versions: dict[str, str] = {}
 
     @property
     def is_local(self) -> bool:
@@ -327,10 +332,17 @@ class SshHost(VmHost):
         if known.is_file():
             client.load_host_keys(str(known))
         client.set_missing_host_key_policy(_RecordFirstUse(spec) if spec.trust == "first-use" else _RefuseUnknown(spec))
+        key = None
+        if spec.key_file is not None:
+            try:
+                key = paramiko.PKey.from_path(spec.key_file)
+            except (OSError, paramiko.SSHException) as exc:
+                client.close()
+                raise HostAuthError(spec.name, f"cannot use key file {spec.key_file} for user {spec.user}: "
+                                    f"{exc}") from exc
         try:
             client.connect(
-                spec.hostname, port=spec.port, username=spec.user,
-                key_filename=str(spec.key_file) if spec.key_file else None,
+                spec.hostname, port=spec.port, username=spec.user, pkey=key,
                 allow_agent=spec.key_file is None, look_for_keys=spec.key_file is None,
                 timeout=CONNECT_TIMEOUT, banner_timeout=CONNECT_TIMEOUT, auth_timeout=CONNECT_TIMEOUT,
                 channel_timeout=CHANNEL_TIMEOUT,
@@ -346,6 +358,10 @@ class SshHost(VmHost):
             client.close()
             raise HostAuthError(spec.name, f"{spec.hostname}:{spec.port} refused user {spec.user} with "
                                 f"{spec.key_source}: {exc}") from exc
+        except paramiko.ssh_exception.NoValidConnectionsError as exc:
+            client.close()
+            why = "; ".join(sorted({e.strerror or str(e) for e in exc.errors.values()}))
+            raise HostUnreachable(spec.name, f"cannot connect to {spec.hostname}:{spec.port}: {why}") from exc
         except (OSError, EOFError, paramiko.SSHException) as exc:
             client.close()
             raise HostUnreachable(spec.name, f"cannot connect to {spec.hostname}:{spec.port}: "
@@ -483,9 +499,12 @@ class SshHost(VmHost):
             return self._info
 
     def qemu_version(self, binary: str) -> str:
-        out = self._run([binary, "--version"])
-        match = re.search(r"version (\S+)", out)
-        return match.group(1) if match else out.strip()
+        with self._lock:
+            if binary not in self._versions:
+                out = self._run([binary, "--version"])
+                match = re.search(r"version (\S+)", out)
+                self._versions[binary] = match.group(1) if match else out.strip()
+            return self._versions[binary]
 
     def kvm_status(self) -> tuple[bool, str]:
         usable, reason = self.info()["kvm"]
