@@ -125,7 +125,7 @@ def serve() -> int:
             time.sleep(0.005)
         if qemu.poll() is None:
             ram = None if ram_fd is None else f"/proc/{os.getpid()}/fd/{ram_fd}"
-            _say({"ready": True, "pid": qemu.pid, "runtime": str(runtime), "ram": ram})
+            _say({"ready": True, "pid": qemu.pid, "runtime": str(runtime), "ram": ram, "ram_fd": ram_fd})
         reported = False
         while True:
             if not reported and qemu.poll() is not None:

@@ -551,7 +551,9 @@ class SshHost(VmHost):
                                     else f"its sockets did not appear within {timeout:g} s")
             raise QemuLaunchError(f"{reason} (on {self.name})", link.exit_status, shown, stderr_text)
         runtime_dir = PurePosixPath(str(ready["runtime"]))
-        shown_args = [a.replace(runtime, str(runtime_dir)) for a in args]
+        ram_fd = str(ready["ram_fd"])
+        shown_args = [a.replace(runtime, str(runtime_dir)).replace(remote_parent.RAM_FD_PLACEHOLDER, ram_fd)
+                      for a in args]
         try:
             sockets = [link.bridge(self._open_exec([*self._parent_command(), "relay", str(runtime_dir / f"{n}.sock")]),
                                    console_log if n == "console" else None)
