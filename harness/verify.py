@@ -484,7 +484,7 @@ class Verifier:
             return out
 
     def clear_accessed_dirty(self, va: int, length: int = 1) -> None:
-        """Clear A and D in the leaf entries of [va, va+length), writing guest RAM through the shared backend.
+        """Clear A and D in the leaf entries of [va, va+length), writing guest RAM (shared or remote backend).
 
         Only meaningful where the vCPU holds no TLB entry for these pages (a fresh mapping the guest has
         not touched): a cached translation lets the guest read or write without the walk that sets A/D.
@@ -516,10 +516,12 @@ class Verifier:
 
     # -- content --------------------------------------------------------------------------------
 
-    def _require_shared(self, what: str) -> SharedRamMemory:
-        if self.shared_memory is None:
+    def _require_shared(self, what: str) -> SharedRamMemory | RemoteRamMemory:
+        """A backend that writes guest RAM: the shared mapping, or the RAM file on a remote host."""
+        writable = self.shared_memory or self.remote_memory
+        if writable is None:
             raise VerificationError(f"cannot {what}: this VM has no shared RAM backend (the monitor is read-only)")
-        return self.shared_memory
+        return writable
 
     def guest_write(self, va: int, data: bytes) -> None:
         """The guest stores ``data`` through ``va`` (agent write_va, in pieces the protocol allows)."""
@@ -544,7 +546,7 @@ class Verifier:
             return b"".join(pieces)
 
     def host_write(self, va: int, data: bytes) -> list[int]:
-        """Plant ``data`` in guest RAM at the PAs behind ``va`` (shared backend); returns the PAs written."""
+        """Plant ``data`` in guest RAM at the PAs behind ``va`` (shared or remote backend); returns the PAs written."""
         shared = self._require_shared("plant bytes in guest RAM")
         written = []
         with self.stopped() as w:
@@ -558,7 +560,7 @@ class Verifier:
 
     def round_trip(self, va: int, length: int, seed: int = 1) -> tuple[str, ...]:
         """Guest writes through the VA and the host reads the PAs (through every backend it has); the host
-        plants at the PAs (shared RAM only) and the guest reads through the VA. Returns the directions
+        plants at the PAs (shared or remote RAM file) and the guest reads through the VA. Returns the directions
         checked: ("guest->host",) or ("guest->host", "host->guest")."""
         rng = np.random.default_rng(seed)
         pattern = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
@@ -572,7 +574,7 @@ class Verifier:
                 raise VerificationError(f"the host ({name} backend) reads other bytes than the guest wrote at "
                                         f"{va:#x}: first difference at +{bad:#x}: {seen[bad]:#04x} != "
                                         f"{pattern[bad]:#04x}\n{self.walk(va + bad).describe()}")
-        if self.shared_memory is None:
+        if self.shared_memory is None and self.remote_memory is None:
             return ("guest->host",)
         planted = bytes(b ^ 0xA5 for b in pattern)
         self.host_write(va, planted)

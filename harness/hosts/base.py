@@ -52,13 +52,15 @@ class QemuProcess(Protocol):
 
 
 class RamFile(Protocol):
-    """Guest RAM's backend file on a host that does not share memory with this one: random reads."""
+    """Guest RAM's backend file on a host that does not share memory with this one: random access."""
 
     def read_at(self, offset: int, size: int) -> bytes: ...
 
     def read_many_at(self, spans: list[tuple[int, int]]) -> list[bytes]:
         """Many reads, all sent before the first answer is awaited."""
         ...
+
+    def write_at(self, offset: int, data: bytes) -> None: ...
 
     def close(self) -> None: ...
 

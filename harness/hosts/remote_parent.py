@@ -11,7 +11,7 @@ It needs nothing but the standard library, QEMU and setpriv on the remote host. 
                     dropped) kills QEMU, and every file this parent made goes with it.
     relay PATH      joins stdin/stdout to the Unix socket PATH (one of QEMU's chardevs), until either
                     side ends: this is how QMP, console and agent cross the SSH connection without
-                    opening a port.
+                    opening a port. It says `connected` on stderr once it is.
     sweep           removes runtime directories whose parent process is gone (it was SIGKILLed).
     info            prints {"cpus": N, "kvm": [usable, reason]} for `mmhil hosts` and fan-out.
 """
@@ -36,6 +36,7 @@ from typing import Any
 SOCKETS = ("qmp", "console", "agent")
 RUNTIME_PLACEHOLDER = "@RUNTIME@"
 RAM_FD_PLACEHOLDER = "@RAMFD@"
+CONNECTED = b"connected\n"
 
 
 def runtime_root() -> Path:
@@ -156,6 +157,9 @@ def serve() -> int:
 def relay(path: str) -> int:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
+    # QEMU drops serial output while no client is connected: the harness resumes the guest only
+    # once every relay has said this (on stderr, so the stream itself stays QEMU's).
+    os.write(2, CONNECTED)
     while True:
         readable, _, _ = select.select([0, sock.fileno()], [], [])
         if 0 in readable:

@@ -258,10 +258,10 @@ class RemoteProcess:
 
 
 class SftpRamFile:
-    """The remote QEMU's RAM file, opened once by SFTP through the parent's descriptor in /proc."""
+    """The remote QEMU's RAM file, opened once by SFTP (read-write) through the parent's descriptor in /proc."""
 
     def __init__(self, sftp: paramiko.SFTPClient, path: str) -> None:
-        self._file = sftp.open(path, "rb")
+        self._file = sftp.open(path, "r+b")
         self._lock = threading.Lock()
 
     def read_at(self, offset: int, size: int) -> bytes:
@@ -274,6 +274,12 @@ class SftpRamFile:
             return []
         with self._lock:
             return [bytes(chunk) for chunk in self._file.readv(spans)]
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            self._file.seek(offset)
+            self._file.write(data)
+            self._file.flush()
 
     def close(self) -> None:
         with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
@@ -518,6 +524,20 @@ class SshHost(VmHost):
 
     # -- one VM ---------------------------------------------------------------------------------
 
+    def _wait_connected(self, relay: paramiko.Channel, name: str, timeout: float) -> None:
+        """Until the relay has reached QEMU's socket: serial bytes sent before that would be lost."""
+        said = bytearray()
+        deadline = time.monotonic() + timeout
+        while not said.endswith(remote_parent.CONNECTED):
+            if relay.exit_status_ready() and not relay.recv_stderr_ready():
+                raise InfrastructureError(f"{self.name}: the relay to QEMU's {name} socket ended: {bytes(said)!r}")
+            if time.monotonic() > deadline:
+                raise InfrastructureError(f"{self.name}: the relay to QEMU's {name} socket did not connect "
+                                          f"within {timeout:g} s")
+            select.select([relay.fileno()], [], [], 0.1)
+            while relay.recv_stderr_ready():
+                said += relay.recv_stderr(64)
+
     def start_qemu(self, config: VmConfig, plan: LaunchPlan, *, binary: str, stderr_log: Path,
                    console_log: Path, timeout: float) -> StartedQemu:
         from harness.machine import qemu_arguments
@@ -555,9 +575,12 @@ class SshHost(VmHost):
         shown_args = [a.replace(runtime, str(runtime_dir)).replace(remote_parent.RAM_FD_PLACEHOLDER, ram_fd)
                       for a in args]
         try:
-            sockets = [link.bridge(self._open_exec([*self._parent_command(), "relay", str(runtime_dir / f"{n}.sock")]),
-                                   console_log if n == "console" else None)
-                       for n in remote_parent.SOCKETS]
+            relays = [self._open_exec([*self._parent_command(), "relay", str(runtime_dir / f"{n}.sock")])
+                      for n in remote_parent.SOCKETS]
+            for name, relay in zip(remote_parent.SOCKETS, relays, strict=True):
+                self._wait_connected(relay, name, timeout)
+            sockets = [link.bridge(relay, console_log if name == "console" else None)
+                       for name, relay in zip(remote_parent.SOCKETS, relays, strict=True)]
             ram_file = SftpRamFile(self.sftp(), str(ready["ram"])) if ready.get("ram") else None
         except (HostError, InfrastructureError, OSError, EOFError, paramiko.SSHException) as exc:
             link.close()

@@ -5,7 +5,7 @@ Backends:
 - :class:`SharedRamMemory` mmaps the ``memory-backend-file,share=on`` file (read and write, zero-copy
   numpy views for the batch walker).
 - :class:`MonitorMemory` reads through QMP ``pmemsave`` (bulk) or HMP ``xp`` (small reads). Read-only.
-- :class:`RemoteRamMemory` reads the RAM backend file on a remote QEMU host (SFTP). Read-only.
+- :class:`RemoteRamMemory` reads and writes the RAM backend file on a remote QEMU host (SFTP).
 - :class:`BufferMemory` holds guest RAM in a host bytearray (unit tests, synthetic tables, benchmarks).
 - :class:`PageCache` keeps whole 4 KiB pages read through another backend, for one window in which
   the guest is stopped: a walk over the monitor then costs one round trip per page table, not per entry.
@@ -480,13 +480,16 @@ class RamFileReader(Protocol):
 
     def read_many_at(self, spans: list[tuple[int, int]]) -> list[bytes]: ...
 
+    def write_at(self, offset: int, data: bytes) -> None: ...
+
 
 class RemoteRamMemory:
-    """Guest RAM read from its backend file on QEMU's host (over SFTP: ``harness.hosts.ssh``). Read-only.
+    """Guest RAM in its backend file on QEMU's host, read and written there (SFTP: ``harness.hosts.ssh``).
 
     Every read is a round trip: use it behind a :class:`PageCache` made for each stopped window,
     which also keeps it right (the cache dies with the window, so nothing stale is ever read).
-    ``read_many`` sends all of a batch's reads before waiting for the first answer.
+    ``read_many`` sends all of a batch's reads before waiting for the first answer. Writes go
+    straight to the file (stop the guest around them, as for shared RAM).
     """
 
     def __init__(self, reader: RamFileReader, layout: RamLayout) -> None:
@@ -530,7 +533,16 @@ class RemoteRamMemory:
         return int.from_bytes(self.read(pa, 8), "little")
 
     def write(self, pa: int, data: bytes) -> None:
-        raise MemoryAccessError(f"RemoteRamMemory is read-only (refused a {len(data)}-byte write at {pa:#x})")
+        pos = 0
+        try:
+            for offset, n in self.layout.spans(pa, len(data)):
+                self.reader.write_at(offset, data[pos : pos + n])
+                pos += n
+        except OSError as exc:
+            raise MemoryAccessError(f"writing guest RAM at {pa:#x} on its host failed: {exc}") from exc
+
+    def write_u64(self, pa: int, value: int) -> None:
+        self.write(pa, _U64.pack(value & 0xFFFFFFFFFFFFFFFF))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -492,18 +492,26 @@ class _CountingFile:
         self.round_trips += 1
         return [self.data[o : o + n] for o, n in spans]
 
+    def write_at(self, offset: int, data: bytes) -> None:
+        self.round_trips += 1
+        self.data = self.data[:offset] + data + self.data[offset + len(data) :]
 
-def test_remote_ram_reads_through_the_layout_and_refuses_writes() -> None:
+
+def test_remote_ram_reads_and_writes_through_the_layout() -> None:
     layout = RamLayout([(0, 0x2000, 0), (0x100000000, 0x1000, 0x2000)])
     raw = bytes(range(256)) * 48
-    memory = RemoteRamMemory(_CountingFile(raw), layout)
+    file = _CountingFile(raw)
+    memory = RemoteRamMemory(file, layout)
     assert memory.read(0x1FF8, 8) == raw[0x1FF8:0x2000]
     assert memory.read(0x100000010, 4) == raw[0x2010:0x2014]
     assert memory.read_u64(0x10) == int.from_bytes(raw[0x10:0x18], "little")
     with pytest.raises(MemoryAccessError, match="not inside guest RAM"):
         memory.read(0x3000, 8)
-    with pytest.raises(MemoryAccessError, match="read-only"):
-        memory.write(0, b"x")
+    memory.write_u64(0x100000008, 0x1122334455667788)
+    assert file.data[0x2008:0x2010] == (0x1122334455667788).to_bytes(8, "little")
+    assert memory.read_u64(0x100000008) == 0x1122334455667788
+    with pytest.raises(MemoryAccessError, match="not inside guest RAM"):
+        memory.write(0x1FFC, b"12345678")
 
 
 def test_page_cache_fetches_every_run_of_a_level_in_one_remote_round_trip() -> None:
