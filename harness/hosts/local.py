@@ -26,6 +26,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -112,17 +113,24 @@ def _create_qemu_user() -> None:
                               f"does not exist and could not be created: {result.stderr.strip()}")
 
 
+def _name_of(lookup: Callable[[int], str], number: int) -> str:
+    try:
+        return lookup(number)
+    except KeyError:
+        return str(number)
+
+
 def _can_open_read_write(path: str, user: QemuUser) -> tuple[bool, str]:
     try:
         st = os.stat(path)
     except OSError as exc:
         return False, f"{path}: {exc.strerror}"
     mode = stat.S_IMODE(st.st_mode)
-    owner = pwd.getpwuid(st.st_uid).pw_name if st.st_uid in {p.pw_uid for p in pwd.getpwall()} else str(st.st_uid)
-    group = next((g.gr_name for g in grp.getgrall() if g.gr_gid == st.st_gid), str(st.st_gid))
     if (st.st_uid == user.uid and mode & 0o600 == 0o600) or (st.st_gid in user.groups and mode & 0o060 == 0o060) \
             or mode & 0o006 == 0o006:
         return True, f"{path} opens read-write for {user.name}"
+    owner = _name_of(lambda uid: pwd.getpwuid(uid).pw_name, st.st_uid)
+    group = _name_of(lambda gid: grp.getgrgid(gid).gr_name, st.st_gid)
     return False, (f"{path} is {owner}:{group} {mode:04o}, so QEMU's user {user.name} (the harness runs as root, "
                    f"QEMU does not) cannot open it; ci/setup gives it to group kvm with mode 0660")
 

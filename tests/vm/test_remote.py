@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import socket
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -46,7 +49,7 @@ def drop_connection(host: SshHost) -> str:
     probe = transport.open_session(timeout=10)
     probe.exec_command("cat /proc/$PPID/comm")  # the login shell's parent is the connection's sshd
     probe.settimeout(10)
-    name = probe.makefile("rb").read().decode().strip()
+    name: str = probe.makefile("rb").read().decode().strip()
     probe.close()
     killer = transport.open_session(timeout=10)
     with contextlib.suppress(EOFError, OSError):  # the connection may end before the server answers
@@ -138,6 +141,46 @@ def test_dropped_connection_is_infra_and_leaves_no_remote_qemu_or_file(
     again = Vm(default_config, kernel=mmhil_kernel, accelerator="tcg", host=own_host, artifacts=tmp_path / "again")
     with again:
         assert again.mm.kernel_info().levels == 4
+
+
+def test_a_sigkilled_harness_leaves_no_qemu_or_file_on_the_remote_host(ssh_host: SshHost, tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_boot_child.py")), "default", "tcg",
+                              str(tmp_path / "artifacts"), "wait", host_text(ssh_host)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line, f"the child did not boot its VM: {child.stderr.read() if child.stderr else ''}"
+        report = json.loads(line)
+        assert remote_state(ssh_host, report["qemu_pid"], report["runtime_dir"]) == (True, True)
+    finally:
+        child.kill()
+        child.wait(30)
+    deadline = time.monotonic() + 15
+    while remote_state(ssh_host, report["qemu_pid"], report["runtime_dir"]) != (False, False) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert remote_state(ssh_host, report["qemu_pid"], report["runtime_dir"]) == (False, False)
+
+
+def test_mmhil_hosts_shows_reachability_qemu_and_kvm(ssh_host: SshHost) -> None:
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "hosts", "--vm-host", host_text(ssh_host),
+                             "--vm-host", f"ssh://nobody@127.0.0.1:{_closed_port()}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, "one host is not usable"
+    reachable, unreachable = result.stdout.splitlines()
+    assert reachable.startswith(ssh_host.spec.name) and "reachable  QEMU 7." in reachable and "KVM " in reachable
+    assert "NOT usable" in unreachable and "Connection refused" in unreachable
+
+
+def test_bench_verify_on_a_remote_host_reports_every_ram_path(ssh_host: SshHost) -> None:
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "verify", "--vm-host", host_text(ssh_host),
+                             "--seconds", "2", "--rounds", "2", "--batch", "2000"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for path in ("RAM file over SFTP", "monitor (batch)", "monitor xp only", "QEMU gva2gpa"):
+        assert path in result.stdout
+    assert f"on {ssh_host.spec.name}" in result.stdout and ", 0 disagreeing" in result.stdout
 
 
 def _runtime_entries(host: SshHost) -> set[str]:
@@ -255,5 +298,5 @@ def test_workers_are_spread_over_hosts_and_reported_per_host(
     result.assert_outcomes(passed=6)
     result.stdout.fnmatch_lines(["*mmhil: VM tests per host*", "local: 3 VM tests (3 passed)*",
                                  f"{ssh_host.spec.name}: 3 VM tests (3 passed)*"])
-    hosts = [p.get("value") for p in ET.parse(junit).getroot().iter("property") if p.get("name") == "mmhil.host"]
+    hosts = [p.get("value", "") for p in ET.parse(junit).getroot().iter("property") if p.get("name") == "mmhil.host"]
     assert sorted(set(hosts)) == sorted({"local", ssh_host.spec.name}) and len(hosts) == 6
