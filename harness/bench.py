@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import tempfile
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from harness.build import KernelImage
 from harness.config import VmConfig
+from harness.errors import MmhilError
 from harness.machine import LaunchPlan, QemuMachine
 from harness.vm import Vm
 
@@ -26,10 +28,10 @@ class Sample:
         return statistics.median(self.values)
 
     def spread(self, unit: str = "ms") -> str:
-        """Interquartile range and extremes, in milliseconds or seconds."""
+        """Interquartile range and extremes, in microseconds, milliseconds or seconds."""
         if len(self.values) < 2:
             return "spread n/a (one run)"
-        scale = {"ms": 1e3, "s": 1.0}[unit]
+        scale = {"us": 1e6, "ms": 1e3, "s": 1.0}[unit]
         q1, _, q3 = (q * scale for q in statistics.quantiles(self.values, n=4))
         low, high = min(self.values) * scale, max(self.values) * scale
         return f"IQR {q1:.1f}-{q3:.1f} {unit}, min {low:.1f}, max {high:.1f}"
@@ -50,12 +52,52 @@ def floor_run(config: VmConfig, accelerator: str) -> float:
         return time.monotonic() - start
 
 
-def boot_run(config: VmConfig, kernel: KernelImage, accelerator: str, artifacts: Path) -> float:
-    """Start QEMU to the agent's hello: the time a test waits for a fresh VM."""
+def _guest_tsc_rate(vm: Vm) -> float:
+    """Guest TSC ticks per host second, from two `boot_phases` answers 50 ms apart."""
+    samples = []
+    for _ in range(2):
+        before = time.monotonic()
+        tsc = vm.request("boot_phases")["tsc"]
+        samples.append(((before + time.monotonic()) / 2, tsc))
+        time.sleep(0.05)
+    (t0, tsc0), (t1, tsc1) = samples
+    if not isinstance(tsc0, int) or not isinstance(tsc1, int) or tsc1 <= tsc0:
+        raise MmhilError(f"{vm.name}: the guest's TSC did not advance: {tsc0!r} then {tsc1!r}")
+    return (tsc1 - tsc0) / (t1 - t0)
+
+
+def boot_phases(vm: Vm) -> dict[str, float]:
+    """Seconds of each step of a finished boot, on the host's clock: the host's own steps, the
+    firmware's, each guest phase (boot_phases.h) and, apart, the guest's console output."""
+    answer = vm.request("boot_phases")
+    stamps = [(name, int(tsc)) for name, tsc in (item.split(":") for item in str(answer["phases"]).split(","))]
+    rate = _guest_tsc_rate(vm)
+    clock = vm.boot_clock
+    entry_tsc, hello_tsc = stamps[0][1], stamps[-1][1]
+    # The hello left the guest at hello_tsc and reached the host at "ready": the guest's clock, read
+    # back from there, places the boot stub's first instruction on the host's.
+    entry_at = clock["ready"] - (hello_tsc - entry_tsc) / rate
+    phases = {
+        "QEMU start (to QMP)": clock["qmp"] - clock["launched"],
+        "host set-up, cont": clock["resumed"] - clock["qmp"],
+        "firmware (to the boot stub)": entry_at - clock["resumed"],
+    }
+    for (_, earlier), (name, later) in itertools.pairwise(stamps):
+        phases[f"guest {name}"] = (later - earlier) / rate
+    phases["guest console output (within the above)"] = int(answer["console_ticks"]) / rate
+    return phases
+
+
+def boot_run(config: VmConfig, kernel: KernelImage, accelerator: str, artifacts: Path,
+             phases: list[dict[str, float]] | None = None) -> float:
+    """Start QEMU to the agent's hello: the time a test waits for a fresh VM. With `phases`, the
+    boot's steps (boot_phases) are appended to it."""
     vm = Vm(config, kernel=kernel, accelerator=accelerator, artifacts=artifacts)
     try:
         vm.boot()
         assert vm.boot_seconds is not None
+        if phases is not None:
+            phases.append(boot_phases(vm))
         return vm.boot_seconds
     finally:
         vm.shutdown()

@@ -196,11 +196,16 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
                 print(f"{config.name:14} skipped: {result.reason}")
                 continue
             accel = result.accelerator
+            phases: list[dict[str, float]] | None = [] if args.phases else None
             floor = bench.repeat(partial(bench.floor_run, config, accel), args.boots)
-            boots = bench.repeat(partial(bench.boot_run, config, kernel, accel, Path(scratch) / config.name),
-                                 args.boots)
+            boots = bench.repeat(partial(bench.boot_run, config, kernel, accel, Path(scratch) / config.name,
+                                         phases), args.boots)
             print(f"{config.name:14} {accel:5} {boots.median * 1e3:9.1f} ms {floor.median * 1e3:10.1f} ms "
                   f"{boots.median / floor.median:6.2f}  boot {boots.spread()}; floor {floor.spread()}")
+            if phases:
+                for name in phases[0]:
+                    step = bench.Sample(tuple(p[name] for p in phases))
+                    print(f"{'':14} {name:42} {step.median * 1e3:8.2f} ms  {step.spread()}")
     return 0
 
 
@@ -266,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     bench_sub = bench_parser.add_subparsers(dest="bench", required=True)
     boot = with_configs(bench_sub.add_parser("boot", help="boot-to-agent-ready against QEMU's floor"))
     boot.add_argument("--boots", type=int, default=10, help="runs per config (default 10)")
+    boot.add_argument("--phases", action="store_true",
+                      help="also show where each boot's time goes: QEMU, firmware, each guest phase, console output")
     boot.set_defaults(func=cmd_bench_boot)
     suite = with_configs(bench_sub.add_parser("suite", help="suite wall time with -n 1 and -n auto"), accel=False)
     suite.add_argument("--runs", type=int, default=1, help="runs per worker count (default 1)")

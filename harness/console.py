@@ -16,7 +16,7 @@ from pexpect import fdpexpect
 
 from harness.errors import MmhilError
 
-BOOT_COMPLETE = "mmhil: agent ready"
+BOOT_COMPLETE = r"mmhil: \d+ MiB of RAM; agent ready"
 
 # Seen on any wait, each of these ends it: the guest has stopped or started over.
 BAD_PATTERNS: dict[str, str] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from harness.ddi.base import DdiFamily, Transport, pool_tag
+from harness.ddi.batch import Batch, BatchTransport
 from harness.ddi.contiguous import ContiguousDdis
 from harness.ddi.copy import CopyDdis
 from harness.ddi.dxgk import DxgkDdis
@@ -92,4 +93,10 @@ class AgentCommands(DdiFamily):
 
 class MemoryManager(AgentCommands, IrqlDdis, PoolDdis, CopyDdis, MdlDdis, ReservedMappingDdis, IoSpaceDdis,
                     ContiguousDdis, UserModeDdis, DxgkDdis):
-    pass
+    def batch(self, timeout: float | None = None) -> Batch:
+        """Calls made on the returned object inside `with` go to the agent together when the block
+        ends, in as few round trips as the channel allows; each returns a Deferred (harness.ddi.batch)."""
+        transport = self._t
+        if not isinstance(transport, BatchTransport):
+            raise TypeError(f"{transport.name}: this transport cannot send batches")
+        return Batch(self, transport, timeout)

@@ -12,12 +12,12 @@ Each carries the console tail and the log paths, so a failure reads on its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from harness.agent.client import AgentClient, AgentStopped, ChannelClosed, ChannelTimeout
-from harness.agent.codec import PROTOCOL_VERSION, Notice, Value, parse_memory_map
+from harness.agent.codec import PROTOCOL_VERSION, Notice, Response, Value, parse_memory_map
 from harness.agent.mailbox import Mailbox
 from harness.build import KernelImage
 from harness.config import VmConfig
@@ -91,6 +91,9 @@ class Vm:
         self.hello: dict[str, Value] = {}
         self.memory_map: list[tuple[int, int, int]] = []
         self.boot_seconds: float | None = None
+        # Host clock (time.monotonic) at each step of boot(): "launched" (QEMU started), "qmp" (its
+        # monitor answered), "resumed" (`cont`), "ready" (the agent's hello arrived).
+        self.boot_clock: dict[str, float] = {}
         self.crash: BugCheck | GuestReset | None = None
         self.gdb_socket = gdb_socket
         # No time limits while a person steps through the kernel in gdb.
@@ -102,6 +105,7 @@ class Vm:
     def boot(self) -> Vm:
         machine = self.machine
         machine.launch(timeout=self.timeout)
+        self.boot_clock = {"launched": machine.launched_at, "qmp": time.monotonic()}
         assert machine.console_socket is not None and machine.agent_socket is not None
         assert machine.qmp is not None
         self._pumps = [Pump(machine.console_socket, f"{self.name}-console"),
@@ -113,12 +117,14 @@ class Vm:
             self.on_gdb_wait(self.gdb_socket)  # the person resumes the VM from gdb
         else:
             machine.resume()
+        self.boot_clock["resumed"] = time.monotonic()
         try:
             self._console.expect(BOOT_COMPLETE, self.timeout)
             hello = self._agent.wait_notice("hello", self.timeout)
         except MmhilError as exc:
             raise self._verdict(exc, "the agent's hello") from exc
-        self.boot_seconds = time.monotonic() - machine.launched_at
+        self.boot_clock["ready"] = time.monotonic()
+        self.boot_seconds = self.boot_clock["ready"] - machine.launched_at
         self._check_hello(hello)
         # Boot happens once: the banner again means the machine reset under us.
         self._console.forbid("unexpected reboot", BOOT_COMPLETE)
@@ -227,6 +233,17 @@ class Vm:
         if not response.ok:
             raise AgentError(self.name, command, response.error_kind, response.error_message)
         return response.values
+
+    def request_batch(self, requests: Sequence[tuple[str, Sequence[int | bytes]]],
+                      timeout: float | None = None) -> list[Response]:
+        """Many agent requests in as few round trips as the channel allows (harness.ddi.batch); the
+        responses, ok or err, in order, or the verdict on what happened instead."""
+        if self.crash is not None:
+            raise self.crash
+        try:
+            return self.agent.call_batch(requests, timeout=timeout or self.timeout)
+        except MmhilError as exc:
+            raise self._verdict(exc, f"the answers to a batch of {len(requests)} requests") from exc
 
     # -- verdicts -------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 /* The commands of docs/agent-protocol.md. Values arrive checked for count and type. */
 #include "address_space.h"
+#include "boot_phases.h"
 #include "bootinfo.h"
 #include "build_info.h"
 #include "cpu.h"
@@ -38,6 +39,36 @@ static void hello(const struct request *r)
 {
 	frame_open_response(r->id);
 	hello_keys();
+	frame_close();
+}
+
+/* The floor of every round trip: parse, look up, and an answer with no values. */
+static void ping(const struct request *r)
+{
+	frame_open_response(r->id);
+	frame_close();
+}
+
+/* TSC stamps of the boot phases (boot_phases.h), the console's share, and the TSC now. */
+static void boot_phases(const struct request *r)
+{
+	frame_open_response(r->id);
+	frame_string_open("phases");
+	for (unsigned phase = 0; phase < BOOT_PHASE_COUNT; phase++)
+		frame_string_printf("%s%s:%lu", phase ? "," : "", boot_phase_name(phase), boot_phase_tsc(phase));
+	frame_string_close();
+	frame_decimal("console_ticks", console_ticks());
+	frame_decimal("console_bytes", console_bytes());
+	frame_decimal("tsc", rdtsc());
+	frame_close();
+}
+
+static void boot_report(const struct request *r)
+{
+	uint64_t before = console_bytes();
+	boot_report_print();
+	frame_open_response(r->id);
+	frame_decimal("console_bytes", console_bytes() - before);
 	frame_close();
 }
 
@@ -169,7 +200,10 @@ static void outstanding(const struct request *r)
 	frame_close();
 }
 
+AGENT_COMMAND("ping", "", "no values", ping);
 AGENT_COMMAND("hello", "", "no values", hello);
+AGENT_COMMAND("boot_phases", "", "no values", boot_phases);
+AGENT_COMMAND("boot_report", "", "no values", boot_report);
 AGENT_COMMAND("kernel_info", "", "no values", kernel_info);
 AGENT_COMMAND("frame_stats", "", "no values", frame_statistics);
 AGENT_COMMAND("outstanding", "", "no values", outstanding);

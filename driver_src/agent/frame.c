@@ -150,7 +150,7 @@ void frame_close(void)
 	if (out == com2_buffer)
 		write_com2(out, used);
 	else
-		mailbox_publish(used);
+		mailbox_frame_complete(used);
 }
 
 void frame_error(uint32_t id, enum error_kind kind, const char *format, ...)
@@ -180,5 +180,5 @@ void frame_abandon(void)
 	if (frame_open && spilled) /* only a spilled frame has shown any of itself */
 		uart_put(COM2_PORT, '\n');
 	frame_open = false;
-	mailbox_end_request(); /* whatever follows goes to COM2 */
+	mailbox_end_request(); /* publishes the whole answers; whatever follows goes to COM2 */
 }

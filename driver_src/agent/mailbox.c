@@ -1,4 +1,8 @@
-/* The mailbox: requests and responses in RAM the host maps, and one COM2 byte each way to ring. */
+/*
+ * The mailbox: requests and responses in RAM the host maps. While requests flow, both sides poll it
+ * and no byte crosses COM2; an agent that found nothing to do for a while halts, and the host then
+ * wakes it with one doorbell byte on COM2 (docs/agent-protocol.md, "Mailbox").
+ */
 #include "kstring.h"
 #include "layout.h"
 #include "paging.h"
@@ -7,7 +11,9 @@
 #include "x86.h"
 
 #define MAILBOX_MAGIC 0x58424D4Du /* "MMBX" */
-#define RESPONSE_CAPACITY 0x10000u
+
+enum agent_state { AGENT_POLLING, AGENT_HALTED };
+enum host_state { HOST_POLLING, HOST_WAITING };
 
 /* The host reads and writes these offsets (harness/agent/mailbox.py): the layout is the protocol's. */
 struct mailbox {
@@ -15,30 +21,36 @@ struct mailbox {
 	uint32_t version;
 	uint32_t request_capacity;
 	uint32_t response_capacity;
-	volatile uint32_t request_sequence; /* host: one more per request */
-	volatile uint32_t request_length;   /* host */
-	volatile uint32_t response_limit;   /* host: how much of the response area to use; 0 is all */
+	volatile uint32_t request_sequence;  /* host: one more per request */
+	volatile uint32_t request_length;    /* host */
+	volatile uint32_t response_limit;    /* host: how much of the response area to use; 0 is all */
 	volatile uint32_t response_sequence; /* agent: the request_sequence it answered */
-	volatile uint32_t response_length;  /* agent */
-	uint8_t header_rest[PAGE_SIZE - 9 * sizeof(uint32_t)];
-	char request[REQUEST_MAX];
-	char response[RESPONSE_CAPACITY];
+	volatile uint32_t response_length;   /* agent */
+	volatile uint32_t agent_state;       /* agent: halted means "ring me" */
+	volatile uint32_t host_state;        /* host: waiting means "ring me" */
+	uint8_t header_rest[PAGE_SIZE - 11 * sizeof(uint32_t)];
+	char request[MAILBOX_REQUEST_CAPACITY];
+	char response[MAILBOX_RESPONSE_CAPACITY];
 };
+_Static_assert(__builtin_offsetof(struct mailbox, agent_state) == 0x24, "protocol offset");
 _Static_assert(__builtin_offsetof(struct mailbox, request) == PAGE_SIZE, "request area on page 1");
-_Static_assert(__builtin_offsetof(struct mailbox, response) == PAGE_SIZE + REQUEST_MAX, "response area");
+_Static_assert(__builtin_offsetof(struct mailbox, response) == PAGE_SIZE + MAILBOX_REQUEST_CAPACITY,
+	       "response area after the request area");
 
 static struct mailbox mailbox ALIGNED(PAGE_SIZE);
+
 /* The request is parsed from a private copy, so the host cannot change it under the parser. */
-static char request_copy[MAILBOX_REQUEST_MAX];
+static char request_copy[MAILBOX_REQUEST_CAPACITY];
 static uint32_t served_sequence;
 static bool responding;
+static size_t response_used; /* bytes of whole frames in the response area */
 
 void mailbox_init(void)
 {
 	mailbox.magic = MAILBOX_MAGIC;
 	mailbox.version = PROTOCOL_VERSION;
-	mailbox.request_capacity = MAILBOX_REQUEST_MAX;
-	mailbox.response_capacity = RESPONSE_CAPACITY;
+	mailbox.request_capacity = MAILBOX_REQUEST_CAPACITY;
+	mailbox.response_capacity = MAILBOX_RESPONSE_CAPACITY;
 }
 
 uint64_t mailbox_physical_address(void)
@@ -54,9 +66,11 @@ bool mailbox_request_pending(void)
 bool mailbox_take_request(const char **text, size_t *length)
 {
 	served_sequence = mailbox.request_sequence;
+	asm volatile("" ::: "memory"); /* the sequence is read before the request it announces */
 	responding = true;
+	response_used = 0;
 	uint32_t request_length = mailbox.request_length;
-	if (request_length > MAILBOX_REQUEST_MAX)
+	if (request_length > MAILBOX_REQUEST_CAPACITY)
 		return false;
 	memcpy(request_copy, mailbox.request, request_length);
 	*text = request_copy;
@@ -72,19 +86,41 @@ bool mailbox_responding(void)
 char *mailbox_response_area(size_t *limit)
 {
 	uint32_t host_limit = mailbox.response_limit;
-	*limit = host_limit && host_limit < RESPONSE_CAPACITY ? host_limit : RESPONSE_CAPACITY;
-	return mailbox.response;
+	size_t usable = host_limit && host_limit < MAILBOX_RESPONSE_CAPACITY ? host_limit : MAILBOX_RESPONSE_CAPACITY;
+	*limit = usable > response_used ? usable - response_used : 0;
+	return mailbox.response + response_used;
 }
 
-void mailbox_publish(size_t length)
+void mailbox_frame_complete(size_t length)
 {
-	mailbox.response_length = (uint32_t)length;
-	asm volatile("" ::: "memory"); /* the response is in place before its sequence says so */
-	mailbox.response_sequence = served_sequence;
-	uart_put(COM2_PORT, DOORBELL_RESPONSE);
+	response_used += length;
 }
 
 void mailbox_end_request(void)
 {
+	if (!responding)
+		return;
 	responding = false;
+	mailbox.response_length = (uint32_t)response_used;
+	asm volatile("" ::: "memory"); /* the answers are in place before the sequence says so */
+	mailbox.response_sequence = served_sequence;
+	/* Store, then load: without the fence the host's "waiting" could be missed. */
+	asm volatile("mfence" ::: "memory");
+	if (mailbox.host_state == HOST_WAITING)
+		uart_put(COM2_PORT, DOORBELL_RESPONSE);
+}
+
+bool mailbox_agent_halting(void)
+{
+	mailbox.agent_state = AGENT_HALTED;
+	asm volatile("mfence" ::: "memory"); /* the host must see "halted" before we look a last time */
+	if (!mailbox_request_pending())
+		return true;
+	mailbox.agent_state = AGENT_POLLING;
+	return false;
+}
+
+void mailbox_agent_polling(void)
+{
+	mailbox.agent_state = AGENT_POLLING;
 }

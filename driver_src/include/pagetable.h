@@ -68,6 +68,14 @@ struct tlb_flush {
 MUST_USE bool pt_prepare(const struct pt_view *view, uint64_t va, unsigned level);
 /* Writes entry at level for va, creating missing tables above it; the slot must be empty. */
 MUST_USE struct tlb_flush pt_set(const struct pt_view *view, uint64_t va, unsigned level, uint64_t entry);
+/*
+ * Maps `pages` 4 KiB pages from va, the i-th to first_entry + i * pa_step (0: all to one frame),
+ * creating missing tables; every slot must be empty, so the token needs no flush. One walk per page
+ * table, not per page: under nested KVM each guest instruction is dear. `changed` is false when no
+ * frame was left for a table; the pages mapped until then stay mapped.
+ */
+MUST_USE struct tlb_flush pt_set_range(const struct pt_view *view, uint64_t va, uint64_t pages, uint64_t first_entry,
+				       uint64_t pa_step);
 /* Clears the leaf that maps va and returns its old value; va must be mapped. */
 MUST_USE struct tlb_flush pt_clear(const struct pt_view *view, uint64_t va, uint64_t *old_entry);
 void tlb_flush(struct tlb_flush token);

@@ -1,44 +1,52 @@
-/* Agent protocol version 1 (docs/agent-protocol.md): reading lines, values, requests; writing frames. */
+/* The agent protocol (docs/agent-protocol.md): reading lines, values, requests; writing frames. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "compiler.h"
 
-#define PROTOCOL_VERSION 2
+#define PROTOCOL_VERSION 3
 #define REQUEST_MAX 16384 /* bytes per request, newline included */
 #define VALUES_MAX 8      /* the most any command takes */
 
 /*
- * line.c: blocks until a whole line arrived (an oversized one is read to its end and dropped), or
- * until the mailbox doorbell rang for a request waiting there. A line cut by the doorbell resumes
- * at the next call.
+ * line.c: COM2's bytes, fed one at a time, become request lines in one bounded buffer. An oversized
+ * line is read to its end and dropped. Byte 0x07 at the start of a line is the mailbox doorbell,
+ * never part of a line; anywhere else it is an ordinary byte.
  */
-enum line_status { LINE_COMPLETE, LINE_OVERSIZED, LINE_MAILBOX };
-enum line_status line_read(const char **line, size_t *length);
+enum line_status { LINE_INCOMPLETE, LINE_COMPLETE, LINE_OVERSIZED, LINE_DOORBELL };
+enum line_status line_feed(uint8_t byte, const char **line, size_t *length);
+/* Bytes of a line have arrived and its newline has not. */
+bool line_in_progress(void);
 
 /*
  * mailbox.c: the memory channel beside the serial one (docs/agent-protocol.md, "Mailbox"). The host
- * writes a request into guest RAM and rings with one byte on COM2; the agent answers in RAM and rings
- * back. Under nested KVM each UART byte is a VM exit, and QEMU's UART hands over at most 14 bytes per
- * main-loop turn: two bytes per round trip instead of a hundred is what makes requests cheap.
+ * writes requests into guest RAM; the agent polls for them and answers in RAM, and while both sides
+ * poll no byte crosses COM2. A UART byte is a VM exit under nested KVM and a chardev write per byte
+ * under TCG, so the doorbells (one byte each way) are only for a side that stopped polling: the agent
+ * halts after a quiet interval, the host blocks after a bounded spin.
  */
-#define DOORBELL_REQUEST 0x07  /* host to guest: a request waits in the mailbox */
-#define DOORBELL_RESPONSE 0x06 /* guest to host: the answer waits in the mailbox */
-#define MAILBOX_REQUEST_MAX (REQUEST_MAX - 1) /* the same requests as COM2 carries, minus the newline */
+#define DOORBELL_REQUEST 0x07  /* host to guest: wake up, a request waits in the mailbox */
+#define DOORBELL_RESPONSE 0x06 /* guest to host: the answers wait in the mailbox */
+#define MAILBOX_REQUEST_CAPACITY 0x10000u  /* a batch: request lines of at most REQUEST_MAX - 1 bytes */
+#define MAILBOX_RESPONSE_CAPACITY 0x40000u
 
 void mailbox_init(void);
 uint64_t mailbox_physical_address(void);
 bool mailbox_request_pending(void);
-/* Takes the waiting request; false when it is longer than MAILBOX_REQUEST_MAX (it is then not read).
- * Either way the answer goes to the mailbox until mailbox_end_request(). */
+/* Takes the waiting request (one or more lines); false when it is longer than the request area (it
+ * is then not read). Either way the answers go to the mailbox until mailbox_end_request(). */
 bool mailbox_take_request(const char **text, size_t *length);
 bool mailbox_responding(void);
-/* Where the answer is composed, and how much of it the host lets the agent use. */
+/* Where the next answer is composed, and how much room the host lets it have. */
 char *mailbox_response_area(size_t *limit);
-/* The answer, composed in the response area, is complete: its length and sequence, then the doorbell. */
-void mailbox_publish(size_t length);
+/* The answer composed in the response area is whole: the next one goes after it. */
+void mailbox_frame_complete(size_t length);
+/* Publishes the whole answers (a bugcheck may cut a batch short) and rings if the host waits. */
 void mailbox_end_request(void);
+/* The agent is about to halt: tells the host so, and false if a request arrived meanwhile. */
+bool mailbox_agent_halting(void);
+void mailbox_agent_polling(void);
 
 /* value.c */
 enum value_type { VALUE_INTEGER, VALUE_BOOLEAN, VALUE_STRING, VALUE_BYTES };

@@ -9,6 +9,5 @@ void uart_put(uint16_t port, uint8_t byte);
 bool uart_poll(uint16_t port, uint8_t *byte);
 /* Turns on port's "received data" interrupt; its IRQ must be routed and unmasked (pic.h). */
 void uart_enable_receive_interrupt(uint16_t port);
-/* Returns once port has a byte: polls it for spin_ticks TSC ticks, then halts between receive
- * interrupts. */
-void uart_wait_receive(uint16_t port, uint64_t spin_ticks);
+/* Returns once port has a byte, halting the CPU between receive interrupts. */
+void uart_halt_until_receive(uint16_t port);

@@ -128,6 +128,12 @@ static inline void outl(uint16_t port, uint32_t v)
  * so one that became pending after the caller's last check still wakes the HLT instead of being
  * taken before it (and slept through).
  */
+/* A spin-wait hint: under TCG it also ends the translation block, so QEMU's other work runs. */
+static inline void cpu_relax(void)
+{
+	asm volatile("pause" ::: "memory");
+}
+
 static inline void halt_until_interrupt(void)
 {
 	asm volatile("sti; hlt; cli" ::: "memory");

@@ -1,4 +1,4 @@
-/* 16550 UART: polled, but for the receive interrupt that wakes uart_wait_receive(). */
+/* 16550 UART: polled, but for the receive interrupt that wakes uart_halt_until_receive(). */
 #include "uart.h"
 #include "x86.h"
 
@@ -70,13 +70,10 @@ static bool data_ready(uint16_t port)
  * an IRQ that wakes it (halt_until_interrupt). While halted the trigger level is 1, so the first
  * byte interrupts at once; then back to 14 for bulk reads. These FCR writes leave the FIFO alone.
  */
-void uart_wait_receive(uint16_t port, uint64_t spin_ticks)
+void uart_halt_until_receive(uint16_t port)
 {
-	uint64_t start = rdtsc();
-	do {
-		if (data_ready(port))
-			return;
-	} while (rdtsc() - start < spin_ticks);
+	if (data_ready(port))
+		return;
 	outb(port + UART_FIFO_CONTROL, FCR_ENABLE_TRIGGER_1);
 	while (!data_ready(port))
 		halt_until_interrupt();

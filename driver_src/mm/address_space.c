@@ -49,8 +49,13 @@ static void build_physmap(void)
 
 static void map_image_section(const struct pt_view *tree, char *start, char *end, enum protection protection)
 {
-	for (uint64_t va = (uint64_t)start; va < (uint64_t)end; va += PAGE_SIZE)
-		map_or_stop(tree, va, 1, pte_kernel_leaf(image_virt_to_phys((void *)va), 1, protection));
+	uint64_t pages = (uint64_t)(end - start) >> PAGE_SHIFT;
+	struct tlb_flush flush = pt_set_range(tree, (uint64_t)start, pages,
+					      pte_kernel_leaf(image_virt_to_phys(start), 1, protection), PAGE_SIZE);
+	bool mapped = flush.changed;
+	tlb_flush_not_needed(flush); /* a tree not yet in CR3 */
+	if (!mapped)
+		KeBugCheckEx(INSTALL_MORE_MEMORY, (uint64_t)start, pages, 0, 0);
 }
 
 /* The guard page below KERNEL_STACK_BASE stays unmapped: an overflow faults, then double-faults. */

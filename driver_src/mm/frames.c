@@ -22,7 +22,16 @@ struct pfn_entry {
 };
 _Static_assert(sizeof(struct pfn_entry) == 16, "PFN entry size");
 
+/*
+ * The database starts as one zero frame mapped read-only at every one of its pages: a zero entry is
+ * a free frame (PFN_FREE == 0), so the entries of RAM nobody used yet cost no memory and no writes.
+ * A page gets a frame of its own the first time an entry in it is written (pfn_writable). Boot
+ * writes a handful of pages; zeroing the whole database took most of a nested-KVM boot (1 MiB for
+ * 256 MiB of RAM, 24 MiB for 6 GiB). Entries of the holes between RAM ranges are never written:
+ * frame_state() answers PFN_NOT_RAM for them from the RAM ranges.
+ */
 static struct pfn_entry *const pfn_database = (struct pfn_entry *)PFN_DATABASE_BASE;
+static uint64_t zero_frame_pa;
 
 static struct ram_range ram[MEMMAP_MAX];
 static unsigned ram_count;
@@ -114,6 +123,15 @@ static pfn_t carve_frame(void)
 	}
 }
 
+static void append_boot_run(pfn_t pfn, enum pfn_state state)
+{
+	if (boot_run_count == BOOT_RUNS_MAX) {
+		kprintf("mmhil: more than %u runs of boot frames\n", BOOT_RUNS_MAX);
+		KeBugCheckEx(PHASE0_INITIALIZATION_FAILED, BOOT_LIMIT, boot_run_count, BOOT_RUNS_MAX, 0);
+	}
+	boot_runs[boot_run_count++] = (struct boot_run){pfn, 1, state};
+}
+
 static void log_boot_frame(pfn_t pfn, enum pfn_state state)
 {
 	struct boot_run *last = boot_run_count ? &boot_runs[boot_run_count - 1] : 0;
@@ -122,16 +140,75 @@ static void log_boot_frame(pfn_t pfn, enum pfn_state state)
 		last->count++;
 		return;
 	}
-	if (boot_run_count == BOOT_RUNS_MAX) {
-		kprintf("mmhil: more than %u runs of boot frames\n", BOOT_RUNS_MAX);
-		KeBugCheckEx(PHASE0_INITIALIZATION_FAILED, BOOT_LIMIT, boot_run_count, BOOT_RUNS_MAX, 0);
+	append_boot_run(pfn, state);
+}
+
+static bool is_ram(pfn_t pfn)
+{
+	for (unsigned i = 0; i < ram_count; i++)
+		if (pfn < ram[i].end)
+			return pfn >= ram[i].first;
+	return false;
+}
+
+static volatile uint64_t *database_pte(pfn_t pfn)
+{
+	return (volatile uint64_t *)SELFMAP_PTE_ADDRESS(paging_levels, (uint64_t)&pfn_database[pfn]);
+}
+
+static void take_free(pfn_t pfn, enum pfn_state purpose);
+
+/* A frame for a database page, taken without writing any entry (the page it is for is not writable
+ * yet, and the frame's own entry may lie in it): the caller accounts for it afterwards. */
+static pfn_t database_page_frame(void)
+{
+	if (!database_ready) {
+		pfn_t pfn = carve_frame();
+		if (pfn == PFN_NONE)
+			KeBugCheckEx(INSTALL_MORE_MEMORY, 0, ram[0].first, highest_pfn, 0);
+		/* pfn_database_init() accounts for it; a run of its own, as the run being accounted
+		 * for must not grow under it */
+		append_boot_run(pfn, PFN_DATABASE);
+		return pfn;
 	}
-	boot_runs[boot_run_count++] = (struct boot_run){pfn, 1, state};
+	while (free_head != PFN_NONE) { /* entries on the free list were written, so they are writable */
+		pfn_t pfn = free_head;
+		free_head = pfn_database[pfn].next_free;
+		pfn_database[pfn].on_free_list = false;
+		if (pfn_database[pfn].state == PFN_FREE)
+			return pfn;
+	}
+	for (;;) {
+		pfn_t pfn = carve_frame();
+		if (pfn == PFN_NONE)
+			KeBugCheckEx(NO_PAGES_AVAILABLE, 0, 0, total_frames, 0);
+		if (pfn_database[pfn].state == PFN_FREE)
+			return pfn;
+	}
+}
+
+/* The entry of pfn, ready to be written: its page gets its own zeroed frame if it still shares the
+ * zero frame. */
+static struct pfn_entry *pfn_writable(pfn_t pfn)
+{
+	volatile uint64_t *pte = database_pte(pfn);
+	if ((*pte & PTE_ADDR_MASK) != zero_frame_pa)
+		return &pfn_database[pfn];
+	pfn_t frame = database_page_frame();
+	memset(phys_to_virt(frame << PAGE_SHIFT), 0, PAGE_SIZE);
+	uint64_t page = (uint64_t)&pfn_database[pfn] & ~PAGE_OFFSET_MASK;
+	struct pt_view live = pt_live();
+	uint64_t old;
+	tlb_flush(pt_clear(&live, page, &old));
+	tlb_flush_not_needed(pt_set(&live, page, 1, pte_kernel_leaf(frame << PAGE_SHIFT, 1, PROT_READ_WRITE)));
+	if (database_ready)
+		take_free(frame, PFN_DATABASE); /* may make another page writable, never this one again */
+	return &pfn_database[pfn];
 }
 
 static void transition(pfn_t pfn, enum pfn_state from, enum pfn_state to)
 {
-	struct pfn_entry *e = &pfn_database[pfn];
+	struct pfn_entry *e = pfn_writable(pfn);
 	if (e->state != from)
 		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_CORRUPT_STATE, pfn, e->state, from);
 	e->state = to;
@@ -143,18 +220,18 @@ static void transition(pfn_t pfn, enum pfn_state from, enum pfn_state to)
 static void push_free(pfn_t pfn)
 {
 	above_4g_free += pfn >= FOUR_GIB_PFN;
-	if (pfn_database[pfn].on_free_list)
+	struct pfn_entry *e = pfn_writable(pfn);
+	if (e->on_free_list)
 		return;
-	pfn_database[pfn].on_free_list = true;
-	pfn_database[pfn].next_free = free_head;
+	e->on_free_list = true;
+	e->next_free = free_head;
 	free_head = pfn;
 }
 
-static pfn_t take_free(pfn_t pfn, enum pfn_state purpose)
+static void take_free(pfn_t pfn, enum pfn_state purpose)
 {
 	transition(pfn, PFN_FREE, purpose);
 	above_4g_free -= pfn >= FOUR_GIB_PFN;
-	return pfn;
 }
 
 pfn_t frame_alloc(enum pfn_state purpose)
@@ -170,21 +247,30 @@ pfn_t frame_alloc(enum pfn_state purpose)
 		pfn_t pfn = free_head;
 		free_head = pfn_database[pfn].next_free;
 		pfn_database[pfn].on_free_list = false;
-		if (pfn_database[pfn].state == PFN_FREE) /* else taken by a contiguous allocation meanwhile */
-			return take_free(pfn, purpose);
+		if (pfn_database[pfn].state == PFN_FREE) { /* else taken by a contiguous allocation meanwhile */
+			take_free(pfn, purpose);
+			return pfn;
+		}
 	}
 	/* The list is empty, so no frame is on it: carving passes only frames in use (contiguous runs). */
 	for (;;) {
 		pfn_t pfn = carve_frame();
 		if (pfn == PFN_NONE)
 			return PFN_NONE;
-		if (pfn_database[pfn].state == PFN_FREE)
-			return take_free(pfn, purpose);
+		if (pfn_database[pfn].state == PFN_FREE) {
+			take_free(pfn, purpose);
+			return pfn;
+		}
 	}
 }
 
 static bool run_is_free(pfn_t first, uint64_t count)
 {
+	unsigned i = 0;
+	while (i < ram_count && ram[i].end <= first)
+		i++;
+	if (i == ram_count || first < ram[i].first || first + count > ram[i].end)
+		return false; /* a run never spans a hole, whose entries say nothing */
 	for (uint64_t i = 0; i < count; i++)
 		if (pfn_database[first + i].state != PFN_FREE)
 			return false;
@@ -217,7 +303,7 @@ pfn_t frames_alloc_contiguous(uint64_t count, pfn_t lowest, pfn_t highest, uint6
 
 enum pfn_state frame_state(pfn_t pfn)
 {
-	return database_ready && pfn <= highest_pfn ? pfn_database[pfn].state : PFN_NOT_RAM;
+	return database_ready && is_ram(pfn) ? pfn_database[pfn].state : PFN_NOT_RAM;
 }
 
 uint32_t frame_lock(pfn_t pfn)
@@ -225,14 +311,14 @@ uint32_t frame_lock(pfn_t pfn)
 	enum pfn_state state = frame_state(pfn);
 	if (state == PFN_NOT_RAM || state == PFN_FREE)
 		KeBugCheckEx(MEMORY_MANAGEMENT, MM_LOCK_UNUSABLE_PAGE, pfn, state, 0);
-	return ++pfn_database[pfn].lock_count;
+	return ++pfn_writable(pfn)->lock_count;
 }
 
 uint32_t frame_unlock(pfn_t pfn)
 {
 	if (frame_state(pfn) == PFN_NOT_RAM || !pfn_database[pfn].lock_count)
 		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_UNLOCKED_TOO_OFTEN, pfn, 0, 0);
-	return --pfn_database[pfn].lock_count;
+	return --pfn_writable(pfn)->lock_count;
 }
 
 uint32_t frame_lock_count(pfn_t pfn)
@@ -242,7 +328,7 @@ uint32_t frame_lock_count(pfn_t pfn)
 
 void frame_free(pfn_t pfn, enum pfn_state expected)
 {
-	if (!database_ready || pfn > highest_pfn)
+	if (!database_ready || !is_ram(pfn))
 		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_CORRUPT_STATE, pfn, PFN_NOT_RAM, expected);
 	if (pfn_database[pfn].lock_count)
 		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_FREED_WHILE_LOCKED, pfn, pfn_database[pfn].state,
@@ -268,33 +354,32 @@ uint64_t pfn_database_end(void)
 	return PFN_DATABASE_BASE + ((bytes + PAGE_OFFSET_MASK) & ~PAGE_OFFSET_MASK);
 }
 
-/* Runs on the kernel's own tables: maps the database with carved frames, then fills it. */
+/* Runs on the kernel's own tables: maps every database page to the zero frame, then records the
+ * frames boot used (which makes their pages writable). */
 void pfn_database_init(void)
 {
+	pfn_t zero = frame_alloc(PFN_DATABASE);
+	zero_frame_pa = zero << PAGE_SHIFT;
+	memset(phys_to_virt(zero_frame_pa), 0, PAGE_SIZE);
 	struct pt_view live = pt_live();
-	for (uint64_t va = PFN_DATABASE_BASE; va < pfn_database_end(); va += PAGE_SIZE) {
-		pfn_t pfn = frame_alloc(PFN_DATABASE);
-		struct tlb_flush flush = pt_set(&live, va, 1, pte_kernel_leaf(pfn << PAGE_SHIFT, 1, PROT_READ_WRITE));
-		tlb_flush(flush); /* carving cannot fail, so neither can pt_set here */
-	}
-	pfn_t pfn = 0;
+	uint64_t pages = (pfn_database_end() - PFN_DATABASE_BASE) >> PAGE_SHIFT;
+	struct tlb_flush flush = pt_set_range(&live, PFN_DATABASE_BASE, pages, pte_kernel_leaf(zero_frame_pa, 1, PROT_READ), 0);
+	if (!flush.changed) /* carving cannot run out before RAM does */
+		KeBugCheckEx(INSTALL_MORE_MEMORY, PFN_DATABASE_BASE, pages, 0, 0);
+	tlb_flush_not_needed(flush);
 	for (unsigned i = 0; i < ram_count; i++) {
-		for (; pfn < ram[i].first; pfn++)
-			pfn_database[pfn] = (struct pfn_entry){.state = PFN_NOT_RAM};
-		memset(&pfn_database[ram[i].first], 0, (ram[i].end - ram[i].first) * sizeof(struct pfn_entry));
-		pfn = ram[i].end;
 		total_frames += ram[i].end - ram[i].first;
 		above_4g_total += frames_above_4g(ram[i].first, ram[i].end);
 	}
-	_Static_assert(PFN_FREE == 0, "a zeroed entry is a free frame");
+	_Static_assert(PFN_FREE == 0, "a zero entry is a free frame");
 	state_counts[PFN_FREE] = total_frames;
 	state_counts[PFN_NOT_RAM] = highest_pfn + 1 - total_frames;
 	above_4g_free = above_4g_total;
-	for (pfn = 0; pfn < LOW_MEMORY_END_PFN && pfn <= highest_pfn; pfn++)
-		if (pfn_database[pfn].state == PFN_FREE)
+	for (pfn_t pfn = 0; pfn < LOW_MEMORY_END_PFN && pfn <= highest_pfn; pfn++)
+		if (is_ram(pfn))
 			transition(pfn, PFN_FREE, PFN_FIRMWARE);
 	transition_range(image_first, image_end, PFN_FREE, PFN_KERNEL_IMAGE);
-	for (unsigned i = 0; i < boot_run_count; i++) {
+	for (unsigned i = 0; i < boot_run_count; i++) { /* the runs grow while pages become writable */
 		const struct boot_run *b = &boot_runs[i];
 		transition_range(b->first, b->first + b->count, PFN_FREE, b->state);
 		above_4g_free -= frames_above_4g(b->first, b->first + b->count);

@@ -104,6 +104,30 @@ struct tlb_flush pt_set(const struct pt_view *view, uint64_t va, unsigned level,
 	return (struct tlb_flush){.va = va, .changed = true, .live = view->live};
 }
 
+struct tlb_flush pt_set_range(const struct pt_view *view, uint64_t va, uint64_t pages, uint64_t first_entry,
+			      uint64_t pa_step)
+{
+	struct tlb_flush token = {.va = va, .changed = false, .live = view->live};
+	uint64_t entry = first_entry;
+	while (pages) {
+		volatile uint64_t *slot = prepared_slot(view, va, 1);
+		if (!slot)
+			return token; /* what was mapped stays: its slots were empty, nothing to flush */
+		uint64_t run = PT_ENTRIES - LEVEL_INDEX(va, 1);
+		if (run > pages)
+			run = pages;
+		for (uint64_t i = 0; i < run; i++, entry += pa_step) {
+			if (slot[i] & PTE_P)
+				unexpected_entry(&slot[i], slot[i]);
+			slot[i] = entry;
+		}
+		va += run * PAGE_SIZE;
+		pages -= run;
+	}
+	token.changed = true;
+	return token;
+}
+
 struct tlb_flush pt_clear(const struct pt_view *view, uint64_t va, uint64_t *old_entry)
 {
 	struct pt_walk walk = pt_walk(view, va);

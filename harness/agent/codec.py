@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from harness.errors import ProtocolError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_REQUEST_BYTES = 16384
 MAX_ID = 0xFFFF_FFFF
 UNKNOWN_ID = "?"
@@ -110,6 +110,8 @@ def _unescape(body: str) -> str:
 
 def _tokens(text: str) -> list[str]:
     """Split on spaces, keeping quoted strings (which may contain spaces) whole."""
+    if '"' not in text:
+        return text.split()
     tokens: list[str] = []
     current: list[str] = []
     quoted = False

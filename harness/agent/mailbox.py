@@ -1,10 +1,11 @@
 """The agent's mailbox (docs/agent-protocol.md, "Mailbox"): requests and responses in guest RAM.
 
-The host maps the mailbox's pages out of the shared RAM backend file, writes a request there and
-rings with one byte on COM2; the agent answers in place and rings back with one byte. Under nested
-KVM each UART byte costs a VM exit, and QEMU's UART hands the guest at most 14 bytes per main-loop
-turn, so this is what makes a round trip cheap. Without shared RAM (a private backend) the client
-keeps to COM2.
+The host maps the mailbox's pages out of the shared RAM backend file and writes a request there (one
+line, or a batch of lines); the agent, which polls the mailbox while requests flow, answers in place.
+Neither side touches COM2 while both poll. An agent that was idle for a while halts and says so in
+the header; the host then rings it awake with one byte on COM2. A host that stops spinning says so,
+and the agent rings back with one byte when the answers are in. Without shared RAM (a private
+backend, a remote host) the client keeps to COM2.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import mmap
 import struct
 
-from harness.agent.codec import MAX_REQUEST_BYTES
 from harness.errors import ProtocolError
 from harness.oracle.memory import MemoryAccessError, RamLayout
 
@@ -20,17 +20,22 @@ MAGIC = 0x58424D4D  # "MMBX"
 DOORBELL_REQUEST = b"\x07"
 DOORBELL_RESPONSE = 0x06
 HEADER_BYTES = 0x1000
-REQUEST_AREA = MAX_REQUEST_BYTES  # a COM2 request's bytes; the mailbox's go without the newline
+REQUEST_AREA = 0x10000  # a batch of request lines, each at most MAX_REQUEST_BYTES - 1 bytes
 RESPONSE_OFFSET = HEADER_BYTES + REQUEST_AREA
 
 # magic, version, request_capacity, response_capacity, request_sequence, request_length,
-# response_limit, response_sequence, response_length: little-endian u32 at offset 0.
-_HEADER = struct.Struct("<9I")
-_REQUEST_SEQUENCE = 16
-_REQUEST_LENGTH = 20
-_RESPONSE_LIMIT = 24
-_RESPONSE_SEQUENCE = 28
-_RESPONSE_LENGTH = 32
+# response_limit, response_sequence, response_length, agent_state, host_state: u32 at offset 0.
+_HEADER = struct.Struct("<11I")
+_REQUEST_SEQUENCE = 4  # indexes of the u32 words
+_REQUEST_LENGTH = 5
+_RESPONSE_LIMIT = 6
+_RESPONSE_SEQUENCE = 7
+_RESPONSE_LENGTH = 8
+_AGENT_STATE = 9
+_HOST_STATE = 10
+
+AGENT_HALTED = 1  # agent_state: the agent halted and needs the COM2 doorbell
+HOST_POLLING, HOST_WAITING = 0, 1  # host_state: waiting means "ring me when the answers are in"
 
 
 class Mailbox:
@@ -46,10 +51,12 @@ class Mailbox:
         if magic != MAGIC or version != protocol_version:
             raise ProtocolError(f"no mailbox at {physical_address:#x}: found magic {magic:#x} version {version}, "
                                 f"expected {MAGIC:#x} version {protocol_version}")
-        if request_capacity >= REQUEST_AREA or not 0 < response_capacity <= 1 << 24:
+        if not 0 < request_capacity <= REQUEST_AREA or not 0 < response_capacity <= 1 << 24:
             raise ProtocolError(f"the mailbox at {physical_address:#x} declares capacities "
                                 f"{request_capacity}/{response_capacity}, which its layout cannot hold")
         self._map = self._map_range(ram_fd, layout, RESPONSE_OFFSET + response_capacity)
+        # The header as u32 words: one indexing per poll, the cheapest read Python has.
+        self._words = memoryview(self._map)[:HEADER_BYTES].cast("I")
         self.request_capacity = request_capacity
         self.response_capacity = response_capacity
         self.response_limit = response_capacity  # a test may lower it to make responses spill to COM2
@@ -65,34 +72,41 @@ class Mailbox:
             raise ProtocolError(f"the agent's mailbox at {self.physical_address:#x} is not page aligned")
         return mmap.mmap(ram_fd, size, flags=mmap.MAP_SHARED, offset=offset)
 
-    def _u32(self, offset: int) -> int:
-        return int.from_bytes(self._map[offset : offset + 4], "little")
-
-    def _set_u32(self, offset: int, value: int) -> None:
-        self._map[offset : offset + 4] = value.to_bytes(4, "little")
-
     def post(self, request: bytes) -> int:
-        """Put one request (its line without the newline) in the mailbox; its sequence number.
+        """Put a request (one line, or lines separated by newlines) in the mailbox; its sequence number.
 
-        The caller then rings DOORBELL_REQUEST on COM2. A request longer than the capacity is still
-        posted (cut to the area, with its real length), so the agent's `oversized` answer can be tested.
+        A request longer than the capacity is still posted (cut to the area, with its real length),
+        so the agent's `oversized` answer can be tested.
         """
         self._sequence = (self._sequence + 1) & 0xFFFF_FFFF
         self._map[HEADER_BYTES : HEADER_BYTES + min(len(request), REQUEST_AREA)] = request[:REQUEST_AREA]
-        self._set_u32(_REQUEST_LENGTH, len(request))
-        self._set_u32(_RESPONSE_LIMIT, self.response_limit)
-        self._set_u32(_REQUEST_SEQUENCE, self._sequence)  # last: the agent reads the rest once this moved
+        words = self._words
+        words[_REQUEST_LENGTH] = len(request)
+        words[_RESPONSE_LIMIT] = self.response_limit
+        words[_REQUEST_SEQUENCE] = self._sequence  # last: the agent reads the rest once this moved
         return self._sequence
 
+    def answered(self, sequence: int) -> bool:
+        return self._words[_RESPONSE_SEQUENCE] == sequence
+
     def take(self, sequence: int) -> bytes | None:
-        """The response to request `sequence`, or None when the mailbox does not hold it (yet)."""
-        if self._u32(_RESPONSE_SEQUENCE) != sequence:
+        """The answers to request `sequence` (whole frames, each ending in a newline), or None while
+        the agent has not finished it. Answers that did not fit went to COM2 instead."""
+        if self._words[_RESPONSE_SEQUENCE] != sequence:
             return None
-        length = self._u32(_RESPONSE_LENGTH)
+        length = self._words[_RESPONSE_LENGTH]
         if length > self.response_capacity:
             raise ProtocolError(f"the agent's mailbox response claims {length} bytes; it holds "
                                 f"{self.response_capacity}")
         return bytes(self._map[RESPONSE_OFFSET : RESPONSE_OFFSET + length])
 
+    @property
+    def agent_halted(self) -> bool:
+        return self._words[_AGENT_STATE] == AGENT_HALTED
+
+    def set_host_waiting(self, waiting: bool) -> None:
+        self._words[_HOST_STATE] = HOST_WAITING if waiting else HOST_POLLING
+
     def close(self) -> None:
+        self._words.release()
         self._map.close()

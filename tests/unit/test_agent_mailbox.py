@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.agent.codec import PROTOCOL_VERSION
-from harness.agent.mailbox import HEADER_BYTES, MAGIC, RESPONSE_OFFSET, Mailbox
+from harness.agent.mailbox import HEADER_BYTES, MAGIC, REQUEST_AREA, RESPONSE_OFFSET, Mailbox
 from harness.errors import ProtocolError
 from harness.oracle.memory import RamLayout
 
@@ -18,7 +18,7 @@ MiB = 1 << 20
 VERSION = PROTOCOL_VERSION
 MAILBOX_PA = 0x10_0000 + 0x4000  # in the second region, which starts at file offset 1 MiB
 LAYOUT = RamLayout([(0, 1 * MiB, 0), (1 * MiB, 1 * MiB, 1 * MiB)])
-RESPONSE_CAPACITY = 0x10000
+RESPONSE_CAPACITY = 0x40000
 
 
 @pytest.fixture
@@ -29,9 +29,9 @@ def ram(tmp_path: Path) -> Iterator[int]:
     os.close(fd)
 
 
-def write_header(fd: int, *, magic: int = MAGIC, version: int = VERSION, request_capacity: int = 16383,
+def write_header(fd: int, *, magic: int = MAGIC, version: int = VERSION, request_capacity: int = REQUEST_AREA,
                  response_capacity: int = RESPONSE_CAPACITY, at: int = MAILBOX_PA) -> None:
-    header = struct.pack("<9I", magic, version, request_capacity, response_capacity, 0, 0, 0, 0, 0)
+    header = struct.pack("<11I", magic, version, request_capacity, response_capacity, 0, 0, 0, 0, 0, 0, 0)
     os.pwrite(fd, header, LAYOUT.file_offset(at))
 
 
@@ -50,17 +50,44 @@ def test_a_posted_request_lands_where_the_agent_reads_it(ram: int) -> None:
     assert struct.unpack("<3I", os.pread(ram, 12, base + 16)) == (sequence, 7, 200)
     assert os.pread(ram, 7, base + HEADER_BYTES) == b"1 hello"
     assert mailbox.take(sequence) is None, "nothing answered yet"
-    guest_answers(ram, sequence, b"=1 ok proto=2\n")
-    assert mailbox.take(sequence) == b"=1 ok proto=2\n"
+    guest_answers(ram, sequence, b"=1 ok proto=3\n")
+    assert mailbox.take(sequence) == b"=1 ok proto=3\n"
     assert mailbox.post(b"2 hello") == sequence + 1
+    mailbox.close()
+
+
+def test_a_batch_is_posted_whole_and_its_answers_taken_together(ram: int) -> None:
+    write_header(ram)
+    mailbox = Mailbox(ram, LAYOUT, MAILBOX_PA, VERSION)
+    batch = b"1 ping\n2 MmGetPhysicalAddress 0x1000\n3 ping"
+    sequence = mailbox.post(batch)
+    assert os.pread(ram, len(batch), LAYOUT.file_offset(MAILBOX_PA) + HEADER_BYTES) == batch
+    assert not mailbox.answered(sequence)
+    guest_answers(ram, sequence, b"=1 ok\n=2 ok pa=0x0\n=3 ok\n")
+    assert mailbox.answered(sequence)
+    assert mailbox.take(sequence) == b"=1 ok\n=2 ok pa=0x0\n=3 ok\n"
     mailbox.close()
 
 
 def test_an_oversized_request_is_posted_with_its_true_length(ram: int) -> None:
     write_header(ram)
     mailbox = Mailbox(ram, LAYOUT, MAILBOX_PA, VERSION)
-    mailbox.post(b"1" * 20000)
-    assert struct.unpack("<I", os.pread(ram, 4, LAYOUT.file_offset(MAILBOX_PA) + 20)) == (20000,)
+    mailbox.post(b"1" * (REQUEST_AREA + 5000))
+    assert struct.unpack("<I", os.pread(ram, 4, LAYOUT.file_offset(MAILBOX_PA) + 20)) == (REQUEST_AREA + 5000,)
+    mailbox.close()
+
+
+def test_the_states_that_ask_for_a_doorbell_are_read_and_written_where_the_agent_keeps_them(ram: int) -> None:
+    write_header(ram)
+    mailbox = Mailbox(ram, LAYOUT, MAILBOX_PA, VERSION)
+    base = LAYOUT.file_offset(MAILBOX_PA)
+    assert not mailbox.agent_halted
+    os.pwrite(ram, struct.pack("<I", 1), base + 0x24)
+    assert mailbox.agent_halted
+    mailbox.set_host_waiting(True)
+    assert struct.unpack("<I", os.pread(ram, 4, base + 0x28)) == (1,)
+    mailbox.set_host_waiting(False)
+    assert struct.unpack("<I", os.pread(ram, 4, base + 0x28)) == (0,)
     mailbox.close()
 
 
@@ -70,7 +97,7 @@ def test_a_response_longer_than_the_mailbox_is_a_protocol_error(ram: int) -> Non
     sequence = mailbox.post(b"1 hello")
     base = LAYOUT.file_offset(MAILBOX_PA)
     os.pwrite(ram, struct.pack("<2I", sequence, RESPONSE_CAPACITY + 1), base + 28)
-    with pytest.raises(ProtocolError, match="claims 65537 bytes"):
+    with pytest.raises(ProtocolError, match=f"claims {RESPONSE_CAPACITY + 1} bytes"):
         mailbox.take(sequence)
     mailbox.close()
 
@@ -78,8 +105,8 @@ def test_a_response_longer_than_the_mailbox_is_a_protocol_error(ram: int) -> Non
 @pytest.mark.parametrize(("header", "message"), [
     ({"magic": 0x1234}, f"found magic 0x1234 version {VERSION}"),
     ({"version": VERSION - 1}, f"expected 0x58424d4d version {VERSION}"),
-    ({"request_capacity": 16384}, "capacities 16384/65536"),
-    ({"response_capacity": 0}, "capacities 16383/0"),
+    ({"request_capacity": REQUEST_AREA + 1}, f"capacities {REQUEST_AREA + 1}/{RESPONSE_CAPACITY}"),
+    ({"response_capacity": 0}, f"capacities {REQUEST_AREA}/0"),
 ])
 def test_a_wrong_header_is_named(ram: int, header: dict[str, int], message: str) -> None:
     write_header(ram, **header)

@@ -50,11 +50,13 @@ def test_bench_ddi_prints_each_path_beside_its_references() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     rates = {}
-    for name in ("agent hello", "MmGetPhysicalAddress", "reserved map\\+unmap, 16 pages", "QEMU gva2gpa"):
-        m = re.search(rf"^{name}.*?\s([\d,]+)\s+([\d.]+) ms  IQR", out, re.M)
+    for name in ("agent ping, mailbox", "agent ping, COM2", "MmGetPhysicalAddress", "reserved map\\+unmap, 16 pages",
+                 "QEMU gva2gpa", "MmGetPhysicalAddress, 1000 a batch", "reserved map\\+unmap pair, 500 pairs a batch"):
+        m = re.search(rf"^{name}.*?\s([\d,]+)\s+([\d.]+) us  IQR", out, re.M)
         assert m, f"no line for {name}:\n{out}"
         rates[name] = int(m.group(1).replace(",", ""))
         assert rates[name] > 0
+    assert "back to back (1000 calls in a row a path):" in out, out
     assert "0 MmGetPhysicalAddress answers disagreeing with gva2gpa; 0 maps not returning" in out, out
     bad = subprocess.run([*MMHIL, "bench", "ddi", "--calls", "10"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "at least 1000" in bad.stderr

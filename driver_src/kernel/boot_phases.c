@@ -1,0 +1,31 @@
+#include "boot_phases.h"
+#include "x86.h"
+
+uint64_t boot_entry_tsc __attribute__((section(".data")));
+static uint64_t stamps[BOOT_PHASE_COUNT];
+
+static const char *const names[BOOT_PHASE_COUNT] = {
+	[BOOT_ENTRY] = "entry",
+	[BOOT_LONG_MODE] = "long_mode",
+	[BOOT_CPU] = "cpu",
+	[BOOT_FRAMES] = "frames",
+	[BOOT_ADDRESS_SPACE] = "address_space",
+	[BOOT_PFN_DATABASE] = "pfn_database",
+	[BOOT_MEMORY_MANAGER] = "memory_manager",
+	[BOOT_HELLO] = "hello",
+};
+
+void boot_phase_done(enum boot_phase phase)
+{
+	stamps[phase] = rdtsc();
+}
+
+const char *boot_phase_name(enum boot_phase phase)
+{
+	return names[phase];
+}
+
+uint64_t boot_phase_tsc(enum boot_phase phase)
+{
+	return phase == BOOT_ENTRY ? boot_entry_tsc : stamps[phase];
+}
