@@ -18,9 +18,11 @@ from harness import bench, bench_ddi, bench_matrix, bench_verify
 from harness.agent.codec import decode_value, encode_value
 from harness.build import REPO_ROOT, build_kernel
 from harness.config import DEFAULT_CONFIG_DIR, VmConfig, load_configs, select_configs
-from harness.errors import AgentError, GuestCrash, MmhilError
+from harness.errors import AgentError, GuestCrash, HostError, InfrastructureError, MmhilError
 from harness.fuzz import cli as fuzz_cli
 from harness.guest import pool_tag
+from harness.hosts import LOCAL, HostSpec, get_host, parse_host_spec
+from harness.machine import QEMU_BINARY
 from harness.probe import probe, qemu_version
 from harness.vm import Vm
 
@@ -43,6 +45,32 @@ def cmd_configs(args: argparse.Namespace) -> int:
         if config.description:
             print(f"{'':14} {config.description}")
     return 0
+
+
+def _host_specs(args: argparse.Namespace) -> list[HostSpec]:
+    return [parse_host_spec(value) for value in getattr(args, "vm_host", None) or []]
+
+
+def cmd_hosts(args: argparse.Namespace) -> int:
+    """Each VM host: reachable or why not, its QEMU, whether KVM works there and why not, its cores."""
+    specs = _host_specs(args)
+    if not specs:  # this machine, and every host a config names
+        configured = {c.host for c in load_configs(Path(args.config_dir)).values() if c.host}
+        specs = [LOCAL, *(parse_host_spec(h) for h in sorted(configured))]
+    failed = 0
+    for spec in specs:
+        host = get_host(spec)
+        try:
+            host.check()
+            usable, why = host.kvm_status()
+            print(f"{host.name:40} reachable  QEMU {host.qemu_version(QEMU_BINARY):10} {host.core_count():>3} cores  "
+                  f"KVM {'yes' if usable else 'no'}: {why}")
+        except (HostError, InfrastructureError) as exc:
+            failed += 1
+            print(f"{host.name:40} NOT usable: {exc}")
+        finally:
+            host.close()
+    return 1 if failed else 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -183,6 +211,7 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 
 
 def _suite_run(workers: str, extra: list[str]) -> float:
+    """Seconds the whole suite takes with `-n workers` (it must pass: a failing run's time means nothing)."""
     command = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests"), "-q", "-p", "no:cacheprovider",
                "-n", workers, *extra]
     start = time.monotonic()
@@ -195,16 +224,20 @@ def _suite_run(workers: str, extra: list[str]) -> float:
 
 
 def cmd_bench_suite(args: argparse.Namespace) -> int:
-    """Wall time of the whole suite on one worker and on all, and the parallel efficiency."""
+    """Wall time of the whole suite on one worker and on all, and the parallel efficiency.
+
+    With --vm-host, the VMs run on those hosts and "all" is one worker per core of all of them."""
     build_kernel()
-    workers = os.cpu_count() or 1
-    extra = [f"--vm-config={c.name}" for c in _configs(args)]
-    print(f"full suite wall time, {args.runs} run(s) each, {workers} cores; efficiency = T(-n 1) / "
-          f"({workers} x T(-n auto))", flush=True)
+    specs = _host_specs(args)
+    extra = [f"--vm-config={c.name}" for c in _configs(args)] + [f"--vm-host={v}" for v in args.vm_host or []]
+    workers = sum(get_host(spec).core_count() for spec in specs) if specs else os.cpu_count() or 1
+    where = ", ".join(f"{get_host(s).name} ({get_host(s).core_count()})" for s in specs) or "this machine"
+    print(f"full suite wall time, {args.runs} run(s) each, {workers} cores on {where}; efficiency = T(-n 1) / "
+          f"({workers} x T(-n {workers}))", flush=True)
     serial = bench.repeat(partial(_suite_run, "1", extra), args.runs)
-    parallel = bench.repeat(partial(_suite_run, "auto", extra), args.runs)
+    parallel = bench.repeat(partial(_suite_run, str(workers), extra), args.runs)
     print(f"-n 1     median {serial.median:7.1f} s   {serial.spread('s')}")
-    print(f"-n auto  median {parallel.median:7.1f} s   {parallel.spread('s')}")
+    print(f"-n {workers:<5} median {parallel.median:7.1f} s   {parallel.spread('s')}")
     print(f"speed-up {serial.median / parallel.median:.2f}x, parallel efficiency "
           f"{serial.median / (workers * parallel.median):.2f}")
     return 0
@@ -225,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     with_configs(sub.add_parser("configs", help="list VM configs and whether this host can run them"),
                  ).set_defaults(func=cmd_configs)
     sub.add_parser("build", help="build the guest kernel").set_defaults(func=cmd_build)
+    hosts = sub.add_parser("hosts", help="VM hosts: reachable, QEMU version, KVM (and why not), cores")
+    hosts.add_argument("--vm-host", action="append", metavar="HOST",
+                       help="local or ssh://user@host[:port][#...] (repeatable; default: local and the configs' hosts)")
+    hosts.set_defaults(func=cmd_hosts)
     run = with_configs(sub.add_parser("run", help="boot configs and run the bundled VM tests on them"))
     run.add_argument("-n", "--jobs", help="parallel workers (pytest-xdist), e.g. auto")
     run.set_defaults(func=cmd_run)
@@ -240,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     boot.set_defaults(func=cmd_bench_boot)
     suite = with_configs(bench_sub.add_parser("suite", help="suite wall time with -n 1 and -n auto"), accel=False)
     suite.add_argument("--runs", type=int, default=1, help="runs per worker count (default 1)")
+    suite.add_argument("--vm-host", action="append", metavar="HOST",
+                       help="run the VMs there (repeatable; docs/hosts.md); -n is then the hosts' cores together")
     suite.set_defaults(func=cmd_bench_suite)
     bench_verify.add_parser(bench_sub)
     bench_ddi.add_parser(bench_sub)

@@ -16,6 +16,8 @@ A file looks like this (every key but `machine` has a default)::
     kernel_cmdline = ""            # appended to the kernel command line mmhil builds
     groups = ["smoke"]
     timeout = 30                   # seconds any single wait on this VM may take
+    host = ""                      # where its VMs run: "" (local, or --vm-host), "local", "ssh://..."
+                                   # (docs/hosts.md); --vm-host overrides it
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.hosts.spec import parse_host_spec
 
 MACHINES = ("microvm", "pc", "q35")
 FIRMWARES = ("default", "seabios", "qboot")
@@ -54,6 +57,7 @@ class VmConfig:
     kernel_cmdline: str = ""
     groups: tuple[str, ...] = ()
     timeout: float = 30.0
+    host: str = ""
 
     @property
     def required_features(self) -> tuple[str, ...]:
@@ -86,6 +90,7 @@ _SCHEMA: dict[str, type | tuple[type, ...]] = {
     "kernel_cmdline": str,
     "groups": list,
     "timeout": (int, float),
+    "host": str,
 }
 
 
@@ -127,6 +132,11 @@ def parse_config(name: str, source: Path, data: dict[str, Any]) -> VmConfig:
         raise ConfigError(source, "memory_mib", f"must be from 64 to 1048576 MiB; got {data['memory_mib']}")
     if not 0 < data.get("timeout", 30) <= 3600:
         raise ConfigError(source, "timeout", f"must be more than 0 and at most 3600 s; got {data['timeout']}")
+    if data.get("host"):
+        try:
+            parse_host_spec(data["host"])
+        except ConfigError as exc:
+            raise ConfigError(source, "host", exc.problem) from exc
     cpu = data.get("cpu", "max")
     if not cpu or any(c.isspace() for c in cpu):
         raise ConfigError(source, "cpu", f"must be a QEMU -cpu value without spaces; got {cpu!r}")
@@ -147,6 +157,7 @@ def parse_config(name: str, source: Path, data: dict[str, Any]) -> VmConfig:
         kernel_cmdline=data.get("kernel_cmdline", ""),
         groups=_string_list(source, "groups", data.get("groups", [])),
         timeout=float(data.get("timeout", 30)),
+        host=data.get("host", ""),
     )
 
 

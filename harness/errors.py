@@ -7,7 +7,12 @@
     │   ├── QemuLaunchError    QEMU refused to start (exit code, command line, stderr)
     │   ├── QemuDiedError      QEMU went away while the VM was in use
     │   ├── ProtocolError      the agent sent something that is not a protocol frame
-    │   └── UnsupportedConfig  this host cannot run the config (a skip, with QEMU's reason)
+    │   ├── UnsupportedConfig  this host cannot run the config (a skip, with QEMU's reason)
+    │   └── HostConnectionLost the SSH connection to a VM host dropped while a VM ran there
+    ├── HostError              a VM host cannot be used (names the host and why)
+    │   ├── HostUnreachable    no SSH connection could be made (its configs are skipped)
+    │   ├── HostKeyError       the host's key is unknown or differs from known_hosts (nothing launched)
+    │   └── HostAuthError      the host refused our key (names user, host and key source)
     ├── GuestTimeout           a wait on the guest ran out of time
     ├── GuestCrash             the guest stopped
     │   ├── BugCheck           ... with an NT STOP code
@@ -32,6 +37,11 @@ __all__ = [
     "GuestCrash",
     "GuestReset",
     "GuestTimeout",
+    "HostAuthError",
+    "HostConnectionLost",
+    "HostError",
+    "HostKeyError",
+    "HostUnreachable",
     "InfrastructureError",
     "MmhilError",
     "ProtocolError",
@@ -94,6 +104,31 @@ class ProtocolError(InfrastructureError):
 
 class UnsupportedConfig(InfrastructureError):
     """This host cannot run a VM configuration; tests on it are skipped with this reason."""
+
+
+class HostConnectionLost(InfrastructureError):
+    """The connection to the host a VM ran on dropped: its QEMU died with it (retried once as INFRA)."""
+
+
+class HostError(MmhilError):
+    """A VM host cannot be used at all; the message names the host and the reason."""
+
+    def __init__(self, host: str, problem: str) -> None:
+        self.host = host
+        self.problem = problem
+        super().__init__(f"VM host {host}: {problem}")
+
+
+class HostUnreachable(HostError):
+    pass
+
+
+class HostKeyError(HostError):
+    pass
+
+
+class HostAuthError(HostError):
+    pass
 
 
 class GuestTimeout(MmhilError):

@@ -2,37 +2,34 @@
 
 Lifecycle (modelled on QEMUMachine):
 
-    launch()   QEMU starts paused (-S). QMP, console and agent each run over a socketpair, so there
-               are no socket files and no ports. Guest RAM, when shared, lives in a /dev/shm file that
-               is unlinked before QEMU even starts: QEMU opens it through /dev/fd, so nothing can be
-               left behind whatever happens to the harness.
+    launch()   QEMU starts paused (-S) on the VM's host (harness.hosts: this machine, or one reached
+               over SSH), which hands back QMP, console and agent as local sockets.
     resume()   `cont`, once the harness has attached to every channel.
-    shutdown() QMP `quit`, wait, SIGKILL, wait; then close every channel and remove the VM's private
-               temp directory. Safe to call at any time, any number of times.
+    shutdown() QMP `quit`, wait, SIGKILL, wait; then close every channel and let the host remove what
+               it made for the VM. Safe to call at any time, any number of times.
 
-QEMU runs under `setpriv --pdeathsig KILL`, so it dies with the process that launched it even when
-that process is SIGKILLed (a killed pytest-xdist worker leaves no orphan).
+Hygiene is the host's part: on this machine QEMU runs under `setpriv --pdeathsig KILL`, its RAM file
+is unlinked before it starts and it has no socket files (harness.hosts.local); on a remote host a
+small parent kills QEMU and removes its files when the SSH channel ends (harness.hosts.ssh). Every
+QEMU runs under `-sandbox` (harness.hosts.base.SANDBOX).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import os
-import secrets
 import shlex
-import shutil
 import signal
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from harness.config import VmConfig
-from harness.errors import InfrastructureError, QemuLaunchError
+from harness.errors import HostConnectionLost, InfrastructureError, QemuLaunchError
+from harness.hosts.base import SANDBOX, RamFile, ScratchFiles, StartedQemu, VmHost
+from harness.hosts.local import RUNTIME_ROOT, SHM_DIR, local_host, sweep_stale_runtime_dirs
 from harness.qmp import QmpChannel
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -48,8 +45,17 @@ CRASH_ACTIONS = "panic=pause,reboot=shutdown,shutdown=pause"
 STATUS_POWERED_OFF = 1
 STATUS_BUGCHECK = 33
 
-RUNTIME_ROOT = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / "mmhil-runtime"
-SHM_DIR = Path("/dev/shm")
+__all__ = [
+    "QEMU_BINARY",
+    "RUNTIME_ROOT",
+    "SHM_DIR",
+    "STATUS_BUGCHECK",
+    "STATUS_POWERED_OFF",
+    "LaunchPlan",
+    "QemuMachine",
+    "qemu_arguments",
+    "sweep_stale_runtime_dirs",
+]
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ def qemu_arguments(config: VmConfig, plan: LaunchPlan, *, qmp: str, console: str
         "-smp", str(config.smp),
         "-m", f"{config.memory_mib}M",
         "-nodefaults", "-action", CRASH_ACTIONS, "-display", "none", "-S",
+        "-sandbox", SANDBOX,
         "-chardev", f"{qmp},id=qmp", "-mon", "chardev=qmp,mode=control",
         "-chardev", f"{console},id=console", "-serial", "chardev:console",
         "-chardev", f"{agent},id=agent",
@@ -96,33 +103,6 @@ def qemu_arguments(config: VmConfig, plan: LaunchPlan, *, qmp: str, console: str
     if plan.gdb_socket:
         args += ["-gdb", f"unix:{plan.gdb_socket},server=on,wait=off"]
     return args + list(config.extra_args) + list(plan.extra_args)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A killed process its parent has not reaped yet (a dead xdist worker) still answers kill(0).
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def sweep_stale_runtime_dirs() -> list[Path]:
-    """Remove the private dirs of harness processes that died without cleaning up (e.g. SIGKILL)."""
-    removed: list[Path] = []
-    if not RUNTIME_ROOT.is_dir():
-        return removed
-    for entry in RUNTIME_ROOT.iterdir():
-        owner = entry.name.split("-")[1] if entry.name.startswith("vm-") else ""
-        if owner.isdigit() and not _pid_alive(int(owner)):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
 
 
 _live: set[QemuMachine] = set()
@@ -144,19 +124,20 @@ def _shutdown_leftovers() -> None:
 
 
 class QemuMachine:
-    def __init__(self, config: VmConfig, plan: LaunchPlan, binary: str = QEMU_BINARY) -> None:
+    def __init__(self, config: VmConfig, plan: LaunchPlan, binary: str = QEMU_BINARY,
+                 host: VmHost | None = None) -> None:
         self.config = config
         self.plan = plan
         self.binary = binary
+        self.host = host or local_host()
         self.name = config.name
         plan.artifacts.mkdir(parents=True, exist_ok=True)
         self.console_log = plan.artifacts / "console.log"
         self.stderr_log = plan.artifacts / "qemu-stderr.log"
         self.qmp_log = plan.artifacts / "qmp.log"
         self.agent_log = plan.artifacts / "agent.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._runtime_dir: Path | None = None
-        self._ram_fd: int | None = None
+        self._started: StartedQemu | None = None
+        self._released = False
         self.qmp: QmpChannel | None = None
         self.console_socket: socket.socket | None = None
         self.agent_socket: socket.socket | None = None
@@ -167,31 +148,52 @@ class QemuMachine:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        """QEMU's process id on its host."""
+        return self._started.process.pid if self._started else None
 
     @property
     def exit_status(self) -> int | None:
         """None while QEMU runs; its exit status (negative: killed by that signal) once it ended."""
-        return self._process.poll() if self._process else None
+        return self._started.process.poll() if self._started else None
+
+    @property
+    def lost(self) -> str | None:
+        """Why QEMU's state can no longer be known (the connection to its host dropped), else None."""
+        return self._started.process.lost if self._started else None
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._started is not None and self._started.process.poll() is None and self.lost is None
 
     @property
-    def runtime_dir(self) -> Path:
-        if self._runtime_dir is None:
+    def runtime_dir(self) -> PurePath:
+        """QEMU's private working directory, on QEMU's host."""
+        if self._started is None:
             raise InfrastructureError(f"{self.name}: not launched")
-        return self._runtime_dir
+        return self._started.runtime_dir
+
+    @property
+    def scratch(self) -> ScratchFiles:
+        """The runtime directory as a place QEMU writes files for the harness to take (pmemsave)."""
+        if self._started is None:
+            raise InfrastructureError(f"{self.name}: not launched")
+        return self._started.scratch
 
     @property
     def shared_ram_fd(self) -> int | None:
-        return self._ram_fd
+        """Guest RAM as a descriptor this process can map (QEMU on this machine with shared RAM)."""
+        return self._started.ram_fd if self._started else None
 
     @property
     def shared_ram_path(self) -> Path | None:
         """A path through which this process can open guest RAM (the file itself has no name)."""
-        return None if self._ram_fd is None else Path(f"/proc/self/fd/{self._ram_fd}")
+        fd = self.shared_ram_fd
+        return None if fd is None else Path(f"/proc/self/fd/{fd}")
+
+    @property
+    def remote_ram(self) -> RamFile | None:
+        """Guest RAM read from afar: the RAM file on a remote host, through SFTP."""
+        return self._started.ram_file if self._started else None
 
     def stderr_tail(self, lines: int = 30) -> str:
         try:
@@ -214,9 +216,11 @@ class QemuMachine:
             ram_path=None,
         )
         args = [a for a in args if a != "-S"]
+        where = "" if self.host.is_local else f"# It ran on {self.host.name}: run it there, with the kernel.\n"
         return (
             "#!/bin/sh\n"
             f"# Starts VM config '{self.config.name}' ({self.config.source}) as the test run did.\n"
+            f"{where}"
             "# Console: this terminal; Ctrl-C ends QEMU.\n"
             "# QMP: ./qmp.sock   agent (docs/agent-protocol.md): ./agent.sock, e.g. `socat - UNIX:agent.sock`\n"
             'cd "$(dirname "$0")" && rm -f qmp.sock agent.sock\n'
@@ -225,68 +229,31 @@ class QemuMachine:
 
     # -- launch ---------------------------------------------------------------------------------
 
-    def _make_runtime_dir(self) -> Path:
-        RUNTIME_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
-        sweep_stale_runtime_dirs()
-        return Path(tempfile.mkdtemp(prefix=f"vm-{os.getpid()}-", dir=RUNTIME_ROOT))
-
-    def _make_ram_file(self) -> int:
-        path = SHM_DIR / f"mmhil-{os.getpid()}-{secrets.token_hex(6)}.ram"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        # Gone from /dev/shm at once: QEMU reopens it through /dev/fd/N, the host maps the fd.
-        os.unlink(path)
-        os.ftruncate(fd, self.config.memory_bytes)
-        return fd
-
     def launch(self, timeout: float = 10.0) -> None:
-        if self._process is not None:
+        if self._started is not None:
             raise InfrastructureError(f"{self.name}: already launched")
-        self._runtime_dir = self._make_runtime_dir()
-        qmp_host, qmp_qemu = socket.socketpair()
-        console_host, console_qemu = socket.socketpair()
-        agent_host, agent_qemu = socket.socketpair()
-        qemu_ends = [qmp_qemu, console_qemu, agent_qemu]
-        for serial_end in (console_qemu, agent_qemu):
-            # QEMU's UART writes a byte at a time and a Unix socket charges each write a whole
-            # buffer's overhead; a large send buffer keeps bursts from hitting EAGAIN.
-            serial_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-        pass_fds = [s.fileno() for s in qemu_ends]
-        ram_path = None
-        if self.plan.shared_ram:
-            self._ram_fd = self._make_ram_file()
-            pass_fds.append(self._ram_fd)
-            ram_path = f"/dev/fd/{self._ram_fd}"
-        self.args = qemu_arguments(
-            self.config, self.plan,
-            qmp=f"socket,fd={qmp_qemu.fileno()}",
-            console=f"socket,fd={console_qemu.fileno()},logfile={self.console_log},logappend=on",
-            agent=f"socket,fd={agent_qemu.fileno()}",
-            ram_path=ram_path,
-        )
         self.qmp = QmpChannel(self.name, self.qmp_log)
-        self.console_socket, self.agent_socket = console_host, agent_host
         with _live_lock:
             _live.add(self)
+        self.launched_at = time.monotonic()
         try:
-            with self.stderr_log.open("ab") as stderr:
-                self.launched_at = time.monotonic()
-                self._process = subprocess.Popen(
-                    ["setpriv", "--pdeathsig", "KILL", "--", self.binary, *self.args],
-                    stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, pass_fds=pass_fds,
-                    cwd=self._runtime_dir,
-                )
-        except OSError as exc:
+            started = self.host.start_qemu(self.config, self.plan, binary=self.binary, stderr_log=self.stderr_log,
+                                           console_log=self.console_log, timeout=timeout)
+        except BaseException:
             self.shutdown()
-            raise QemuLaunchError(f"cannot execute {self.binary}: {exc}", None, self.command_line(), "") from exc
-        finally:
-            for s in qemu_ends:
-                s.close()
+            raise
+        self._started = started
+        self.args = started.args
+        self.console_socket, self.agent_socket = started.console, started.agent
         try:
-            self.qmp.connect(qmp_host, timeout)
+            self.qmp.connect(started.qmp, timeout)
         except InfrastructureError as exc:
             status = self.wait_exit(2.0)
             stderr_text = self.stderr_tail(200)
+            lost = self.lost
             self.shutdown()
+            if lost is not None:
+                raise HostConnectionLost(f"{self.name}: {lost} while QEMU started") from exc
             reason = "it exited during start-up" if status is not None else f"QMP did not come up: {exc}"
             raise QemuLaunchError(reason, status, self.command_line(), stderr_text) from exc
 
@@ -300,19 +267,16 @@ class QemuMachine:
 
     def wait_exit(self, timeout: float) -> int | None:
         """QEMU's exit status once it has ended by itself, or None if it still runs after `timeout`."""
-        if self._process is None:
+        if self._started is None:
             return None
-        try:
-            return self._process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        return self._started.process.wait(timeout)
 
     # -- ending ---------------------------------------------------------------------------------
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send QEMU a signal (tests use it to simulate QEMU dying)."""
-        if self.running and self._process is not None:
-            self._process.send_signal(sig)
+        if self.running and self._started is not None:
+            self._started.process.send_signal(sig)
 
     def shutdown(self, grace: float = 5.0) -> int | None:
         """quit, wait, kill; then release everything. Returns QEMU's exit status."""
@@ -340,10 +304,10 @@ class QemuMachine:
                 with contextlib.suppress(OSError):  # wakes any thread still polling it
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
-        if self._ram_fd is not None:
-            os.close(self._ram_fd)
-            self._ram_fd = None
-        if self._runtime_dir is not None:
-            shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        if self._started is not None and not self._released:
+            self._released = True
+            if self._started.qmp.fileno() >= 0:
+                self._started.qmp.close()
+            self._started.release()
         with _live_lock:
             _live.discard(self)

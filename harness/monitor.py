@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import InfrastructureError
+from harness.hosts.base import ScratchFiles
 from harness.qmp import QmpChannel
 
 _GPA = re.compile(r"gpa:\s*(0x[0-9a-fA-F]+|0)\b")
@@ -32,9 +33,13 @@ def parse_gva2gpa(text: str) -> int | None:
 
 
 class QemuMonitor:
-    def __init__(self, qmp: QmpChannel, scratch_dir: Path) -> None:
+    def __init__(self, qmp: QmpChannel, scratch: ScratchFiles) -> None:
         self._qmp = qmp
-        self.scratch_dir = scratch_dir
+        self.scratch = scratch  # where QEMU writes files for the harness (on QEMU's host)
+
+    @property
+    def scratch_dir(self) -> Path:
+        return Path(self.scratch.directory)
 
     def hmp(self, command_line: str, timeout: float = 10.0, cpu: int = 0) -> str:
         """One HMP command on one vCPU (QMP's cpu-index: an HMP `cpu N` does not outlive its command)."""

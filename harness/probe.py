@@ -9,8 +9,6 @@ instruction runs (and an unsupported CR4 bit hangs TCG, qemu-facts.md).
 
 from __future__ import annotations
 
-import errno
-import os
 import re
 import subprocess
 import tempfile
@@ -19,7 +17,8 @@ from functools import cache
 from pathlib import Path
 
 from harness.config import VmConfig
-from harness.errors import InfrastructureError, QemuLaunchError
+from harness.errors import HostUnreachable, InfrastructureError, QemuLaunchError
+from harness.hosts import VmHost, local_host
 from harness.machine import QEMU_BINARY, LaunchPlan, QemuMachine
 
 
@@ -34,15 +33,9 @@ class ProbeResult:
     detail: str = ""  # for a rejection: QEMU's exit code, command line and stderr
 
 
-def kvm_status() -> tuple[bool, str]:
-    """KVM is usable only where /dev/kvm opens read-write."""
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        reason = "absent" if exc.errno == errno.ENOENT else exc.strerror
-        return False, f"/dev/kvm: {reason}"
-    os.close(fd)
-    return True, "/dev/kvm opens read-write"
+def kvm_status(host: VmHost | None = None) -> tuple[bool, str]:
+    """KVM is usable only where QEMU on that host can open /dev/kvm read-write."""
+    return (host or local_host()).kvm_status()
 
 
 @cache
@@ -68,10 +61,10 @@ def _cpu_features(machine: QemuMachine, features: tuple[str, ...]) -> dict[str, 
     return found
 
 
-def probe_on(config: VmConfig, accelerator: str) -> ProbeResult:
+def probe_on(config: VmConfig, accelerator: str, host: VmHost | None = None) -> ProbeResult:
     with tempfile.TemporaryDirectory(prefix="mmhil-probe-") as scratch:
         plan = LaunchPlan(kernel=None, accelerator=accelerator, artifacts=Path(scratch), shared_ram=False)
-        machine = QemuMachine(config, plan)
+        machine = QemuMachine(config, plan, host=host)
         try:
             machine.launch(timeout=min(config.timeout, 20.0))
         except QemuLaunchError as exc:
@@ -93,25 +86,38 @@ def probe_on(config: VmConfig, accelerator: str) -> ProbeResult:
     return ProbeResult(config.name, accelerator, True, f"runs under {accelerator}")
 
 
+def probe(config: VmConfig, host: VmHost | None = None) -> ProbeResult:
+    """Resolve the config's accelerator and check that the host (default: this machine) can run it.
+
+    A host that cannot be reached makes the config unrunnable there, with the reason; a host whose
+    key does not match known_hosts raises HostKeyError (nothing is launched on it). Cached per process.
+    """
+    return _probe(config, host or local_host())
+
+
 @cache
-def probe(config: VmConfig) -> ProbeResult:
-    """Resolve the config's accelerator and check that this host can run it. Cached per process."""
+def _probe(config: VmConfig, host: VmHost) -> ProbeResult:
+    where = "" if host.is_local else f" on {host.name}"
+    try:
+        host.check()
+        usable, why = host.kvm_status()
+    except HostUnreachable as exc:
+        return ProbeResult(config.name, config.accelerator, False, str(exc))
     if config.accelerator == "tcg":
-        return probe_on(config, "tcg")
-    usable, why = kvm_status()
+        return probe_on(config, "tcg", host)
     if config.accelerator == "kvm":
         if not usable:
-            return ProbeResult(config.name, "kvm", False, f"KVM is unusable here ({why})")
-        return probe_on(config, "kvm")
+            return ProbeResult(config.name, "kvm", False, f"KVM is unusable{where or ' here'} ({why})")
+        return probe_on(config, "kvm", host)
     if usable:
-        on_kvm = probe_on(config, "kvm")
+        on_kvm = probe_on(config, "kvm", host)
         if on_kvm.runnable:
             return ProbeResult(config.name, "kvm", True, "auto: KVM is usable and has every required feature")
-        on_tcg = probe_on(config, "tcg")
+        on_tcg = probe_on(config, "tcg", host)
         return ProbeResult(config.name, "tcg", on_tcg.runnable,
                            f"auto: TCG, because under KVM {on_kvm.reason}" if on_tcg.runnable else on_tcg.reason,
                            on_tcg.missing_features, on_tcg.rejected, on_tcg.detail)
-    on_tcg = probe_on(config, "tcg")
+    on_tcg = probe_on(config, "tcg", host)
     if on_tcg.runnable:
         return ProbeResult(config.name, "tcg", True, f"auto: TCG, because {why}")
     return on_tcg

@@ -25,9 +25,14 @@ stderr, the report, a page-table dump and the test's page-table diff, every vCPU
 `repro.sh`, which starts the same VM by hand, and for a CRASHED or TIMEOUT outcome the guest's ELF
 core (harness.coredump).
 
-Options: --vm-config NAME (repeatable; NAME may be group:G), --vm-accel tcg|kvm|auto,
---vm-artifacts DIR, --shard I/N, --gdb. Marker:
-@pytest.mark.requires("la57", memory_gib=6, paging=5, accelerator="tcg", smp=2).
+VM hosts (harness.hosts, docs/hosts.md): --vm-host local|ssh://user@host[:port][#cores=N,...]
+(repeatable) runs the VMs there; under -n the workers are spread over the hosts by their cores, and
+each VM test records `mmhil.host`. Tests marked `remote` need an SSH host among them and are skipped
+with the reason otherwise.
+
+Options: --vm-config NAME (repeatable; NAME may be group:G), --vm-accel tcg|kvm|auto, --vm-host,
+--vm-artifacts DIR, --shard I/N, --gdb. Markers:
+@pytest.mark.requires("la57", memory_gib=6, paging=5, accelerator="tcg", smp=2), @pytest.mark.remote.
 """
 
 from __future__ import annotations
@@ -52,10 +57,11 @@ from _pytest.runner import runtestprotocol
 from harness.build import REPO_ROOT, KernelImage, build_kernel
 from harness.config import VmConfig, load_configs, select_configs
 from harness.coredump import CORE_NAME, CoreDump
-from harness.errors import GuestCrash, GuestTimeout, InfrastructureError, MmhilError
+from harness.errors import ConfigError, GuestCrash, GuestTimeout, HostError, InfrastructureError, MmhilError
+from harness.hosts import LOCAL, HostSpec, VmHost, close_hosts, get_host, parse_host_spec
 from harness.machine import live_machines, sweep_stale_runtime_dirs
 from harness.pagetable_guard import PageTableChanges, PageTableGuard
-from harness.probe import probe, qemu_version
+from harness.probe import probe
 from harness.vm import Vm
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -83,6 +89,87 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run shard I of N: configs are dealt out round-robin, tests without a VM go to shard 1")
     group.addoption("--gdb", action="store_true",
                     help="start each VM with QEMU's gdbstub, wait for gdb to resume it, and disable timeouts")
+    group.addoption("--vm-host", action="append", default=[], metavar="HOST",
+                    help="where VMs run: local or ssh://[user@]host[:port][#cores=N,key=FILE,known_hosts=FILE,"
+                         "trust=first-use] (repeatable: -n workers are spread over the hosts by cores). "
+                         "Default: each config's `host`, else local.")
+
+
+_HOSTS = pytest.StashKey[list[HostSpec]]()
+
+
+def run_hosts(config: pytest.Config) -> list[HostSpec]:
+    """The hosts given with --vm-host, parsed (empty: each config's own host, else local)."""
+    return config.stash.get(_HOSTS, [])
+
+
+def _parse_hosts(config: pytest.Config) -> list[HostSpec]:
+    try:
+        specs = [parse_host_spec(value) for value in config.getoption("--vm-host")]
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    if len({spec.name for spec in specs}) != len(specs):
+        raise pytest.UsageError(f"--vm-host names a host twice: {', '.join(s.name for s in specs)}")
+    return specs
+
+
+def spread(capacities: list[int], count: int) -> list[int]:
+    """Which host each of `count` workers gets: in proportion to capacities, smoothly interleaved
+    (weights 1:1 give a, b, a, b; 2:1 give a, b, a), so any prefix of the workers is spread fairly."""
+    credit = [0] * len(capacities)
+    total = sum(capacities)
+    out = []
+    for _ in range(count):
+        credit = [c + w for c, w in zip(credit, capacities, strict=True)]
+        best = max(range(len(credit)), key=lambda i: credit[i])
+        credit[best] -= total
+        out.append(best)
+    return out
+
+
+def _capacity(spec: HostSpec) -> int:
+    if spec.cores is not None:
+        return spec.cores
+    try:
+        return get_host(spec).core_count()
+    except (HostError, InfrastructureError):
+        return 1  # its workers find out why and skip its configs with the reason
+
+
+_ASSIGNED = pytest.StashKey[list[int]]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: give each new worker its VM host, in proportion to the hosts' cores."""
+    specs = run_hosts(node.config)
+    if not specs:
+        return
+    assigned = node.config.stash.setdefault(_ASSIGNED, [])
+    capacities = [_capacity(spec) for spec in specs]
+    index = spread(capacities, len(assigned) + 1)[-1]
+    assigned.append(index)
+    node.workerinput["mmhil_vm_host"] = specs[index].name + _spec_options(specs[index])
+
+
+def _spec_options(spec: HostSpec) -> str:
+    options = [f"cores={spec.cores}"] if spec.cores else []
+    if spec.key_file:
+        options.append(f"key={spec.key_file}")
+    if spec.known_hosts:
+        options.append(f"known_hosts={spec.known_hosts}")
+    if spec.trust != "known-hosts":
+        options.append(f"trust={spec.trust}")
+    return "#" + ",".join(options) if options else ""
+
+
+def worker_host(config: pytest.Config) -> HostSpec | None:
+    """This process's VM host under --vm-host: the one the controller assigned, or the first."""
+    assigned = getattr(config, "workerinput", {}).get("mmhil_vm_host")
+    if assigned:
+        return parse_host_spec(assigned)
+    specs = run_hosts(config)
+    return specs[0] if specs else None
 
 
 def _shard(config: pytest.Config) -> tuple[int, int] | None:
@@ -118,9 +205,17 @@ def pytest_configure(config: pytest.Config) -> None:
         "requires(*cpu_features, memory_gib=0, paging=None, accelerator=None, smp=1): run only on VM "
         "configs that provide these",
     )
+    config.addinivalue_line("markers", "remote: the test needs an SSH VM host among --vm-host (else skipped)")
     _shard(config)
     if config.getoption("--gdb") and getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("--gdb needs a single process: drop -n")
+    config.stash[_HOSTS] = _parse_hosts(config)
+    if config.getoption("--gdb") and any(spec.kind != "local" for spec in run_hosts(config)):
+        raise pytest.UsageError("--gdb needs QEMU on this machine: drop the ssh:// --vm-host")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    close_hosts()
 
 
 def _selected_configs(config: pytest.Config) -> list[VmConfig]:
@@ -184,6 +279,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return (0 if vm_config.accelerator == "kvm" else 1), vm_config.name
 
     items.sort(key=order)
+    if not any(spec.kind == "ssh" for spec in run_hosts(config)):
+        skip = pytest.mark.skip(reason="needs an SSH VM host: run with --vm-host ssh://user@host[:port] "
+                                       "(ci/test starts one on 127.0.0.1 with ci/sshd)")
+        for item in items:
+            if item.get_closest_marker("remote"):
+                item.add_marker(skip)
     shard = _shard(config)
     if shard is None:
         return
@@ -231,7 +332,8 @@ def pytest_runtest_makereport(
     if report.when == "setup" and slot is not None and slot.vm is not None:
         vm = slot.vm
         item.user_properties += [("mmhil.config", vm.name), ("mmhil.accelerator", vm.accelerator),
-                                 ("mmhil.qemu", qemu_version()), ("mmhil.kernel_build", vm.kernel.build_id)]
+                                 ("mmhil.qemu", vm.host.qemu_version(vm.machine.binary)),
+                                 ("mmhil.kernel_build", vm.kernel.build_id), ("mmhil.host", vm.host.name)]
     if report.failed:
         outcome = _classify(call.excinfo)
         if outcome:
@@ -364,6 +466,30 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             tr.write_line(f"RETRIED {report.nodeid} - {_first_line(report)}")
         for word, report in ours:
             tr.write_line(f"{word} {report.nodeid} - {_first_line(report)}")
+    per_host = host_counts(terminalreporter.stats)
+    if per_host and (len(per_host) > 1 or run_hosts(terminalreporter.config)):
+        terminalreporter.write_sep("-", "mmhil: VM tests per host")
+        for host, outcomes in sorted(per_host.items()):
+            total = sum(outcomes.values())
+            detail = ", ".join(f"{n} {word}" for word, n in sorted(outcomes.items()))
+            terminalreporter.write_line(f"{host}: {total} VM tests ({detail})")
+
+
+def host_counts(stats: dict[str, list[Any]]) -> dict[str, dict[str, int]]:
+    """{host: {outcome: count}} over the VM tests' final reports (the call, or the setup that ended them)."""
+    out: dict[str, dict[str, int]] = {}
+    for category, reports in stats.items():
+        for report in reports:
+            if not isinstance(report, pytest.TestReport) or category == "rerun":
+                continue
+            if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
+                continue
+            host = next((str(v) for k, v in report.user_properties if k == "mmhil.host"), None)
+            if host is not None:
+                word = category or "other"
+                out.setdefault(host, {}).setdefault(word, 0)
+                out[host][word] += 1
+    return out
 
 
 # -- VMs ----------------------------------------------------------------------------------------
@@ -522,14 +648,21 @@ def _check_artifacts_space(root: Path) -> None:
 class VmPool:
     """One worker's VMs, by config name; at most one runs at a time."""
 
-    def __init__(self, kernel: KernelImage, artifacts: Path, gdb: bool = False) -> None:
+    def __init__(self, kernel: KernelImage, artifacts: Path, gdb: bool = False,
+                 host: HostSpec | None = None) -> None:
         self.kernel = kernel
         self.artifacts = artifacts
         self.gdb = gdb
+        self.host = host  # --vm-host's choice for this worker; None: each config's own host
         self.slots: dict[str, _Slot] = {}
 
     def slot_of(self, vm_config: VmConfig) -> _Slot:
         return self.slots.setdefault(vm_config.name, _Slot())
+
+    def host_for(self, vm_config: VmConfig) -> VmHost:
+        if self.host is not None:
+            return get_host(self.host)
+        return get_host(parse_host_spec(vm_config.host) if vm_config.host else LOCAL)
 
     def get(self, vm_config: VmConfig) -> tuple[_Slot, Vm]:
         slot = self.slot_of(vm_config)
@@ -540,7 +673,12 @@ class VmPool:
         # A polled guest keeps a host core busy even when idle: keep one VM per worker running.
         for name in list(self.slots):
             self.discard(name)
-        result = probe(vm_config)
+        host = self.host_for(vm_config)
+        try:
+            result = probe(vm_config, host)
+        except HostError as exc:  # e.g. a host key that differs from known_hosts: nothing was launched
+            slot.bring_up_error = str(exc)
+            raise
         if not result.runnable:
             slot.bring_up_error = result.reason
             if result.rejected:  # a broken config is an error, not a reason to skip its tests quietly
@@ -553,7 +691,7 @@ class VmPool:
             artifacts = self.artifacts / vm_config.name / f"boot-{slot.boots}"
             try:
                 vm = Vm(vm_config, kernel=self.kernel, accelerator=result.accelerator, artifacts=artifacts,
-                        gdb_socket=artifacts / "gdb.sock" if self.gdb else None)
+                        gdb_socket=artifacts / "gdb.sock" if self.gdb else None, host=host)
             except OSError as exc:  # its log folder cannot be made
                 if not _disk_full(exc):
                     slot.bring_up_error = str(exc)
@@ -614,9 +752,18 @@ def vm_pool(request: pytest.FixtureRequest, mmhil_kernel: KernelImage) -> Iterat
     if not _cleared_artifacts:  # once per process: a retry may set this fixture up again
         shutil.rmtree(root, ignore_errors=True)
         _cleared_artifacts.append(root)
-    pool = VmPool(mmhil_kernel, root, gdb=request.config.getoption("--gdb"))
+    pool = VmPool(mmhil_kernel, root, gdb=request.config.getoption("--gdb"), host=worker_host(request.config))
     yield pool
     pool.close()
+
+
+@pytest.fixture(scope="session")
+def ssh_host(request: pytest.FixtureRequest) -> VmHost:
+    """The first SSH host of --vm-host (tests marked `remote` are skipped when there is none)."""
+    spec = next((s for s in run_hosts(request.config) if s.kind == "ssh"), None)
+    if spec is None:
+        pytest.skip("needs an SSH VM host: run with --vm-host ssh://user@host[:port]")
+    return get_host(spec)
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ paging as the kernel brought up, and all of them run on one CR3 (the kernel has 
 in one paging mode (same CR4), so one walk answers for every vCPU.
 
 Guest physical memory is read through the shared RAM backend when QEMU runs on this host with one
-(`vm.machine.shared_ram_fd`), else through the monitor; both are always at hand in a stopped window:
+(`vm.machine.shared_ram_fd`), through SFTP from the RAM file when QEMU runs on a remote host
+(`vm.machine.remote_ram`), else through the monitor; all that exist are at hand in a stopped window:
 
     with vm.verify.stopped() as w:            # vCPUs stopped; w.cpu is vCPU 0's state
         w.walk(va)                            # host walk over the fastest backend
@@ -38,6 +39,7 @@ from harness.oracle.memory import (
     PageCache,
     PhysicalMemory,
     RamLayout,
+    RemoteRamMemory,
     SharedRamMemory,
 )
 from harness.oracle.paging import (
@@ -104,18 +106,20 @@ class CpuState:
 class Window:
     """The guest stopped: the vCPUs' paging state, and guest RAM that cannot change until the window ends.
 
-    ``memory`` is the fastest backend (``shared`` when there is one, else ``monitor``); ``monitor`` is
-    the monitor backend behind a page cache that lives as long as the window.
+    ``memory`` is the fastest backend: ``shared`` when there is one, else ``remote`` (the RAM file on a
+    remote QEMU host, read by SFTP), else ``monitor``. ``remote`` and ``monitor`` sit behind page caches
+    that live as long as the window, so each window reads guest RAM afresh.
     """
 
     cpu: CpuState  # the vCPU whose CR3 the walks start from
     cpus: tuple[CpuState, ...]
     shared: SharedRamMemory | None
     monitor: PageCache
+    remote: PageCache | None = None
     memory: PhysicalMemory = field(init=False)
 
     def __post_init__(self) -> None:
-        self.memory = self.shared if self.shared is not None else self.monitor
+        self.memory = self.shared or self.remote or self.monitor
 
     @property
     def cr3(self) -> int:
@@ -128,7 +132,7 @@ class Window:
         return self.cpu.mode
 
     def backend(self, name: str | None = None) -> PhysicalMemory:
-        """``"shared"``, ``"monitor"``, or None for the fastest."""
+        """``"shared"``, ``"remote"``, ``"monitor"``, or None for the fastest."""
         if name is None:
             return self.memory
         if name == "monitor":
@@ -137,7 +141,11 @@ class Window:
             if self.shared is None:
                 raise VerificationError("this VM has no shared RAM backend (QEMU does not run here with one)")
             return self.shared
-        raise ValueError(f"backend must be 'shared', 'monitor' or None, not {name!r}")
+        if name == "remote":
+            if self.remote is None:
+                raise VerificationError("this VM has no remote RAM file (QEMU does not run on a remote host with one)")
+            return self.remote
+        raise ValueError(f"backend must be 'shared', 'remote', 'monitor' or None, not {name!r}")
 
     def walk(self, va: int, backend: str | None = None) -> Walk:
         return walk(self.backend(backend), self.cr3, va, self.mode)
@@ -219,20 +227,23 @@ class Verifier:
         self._vm = vm
         self.layout = ram_layout(vm.config)
         self.layout_problems = self._check_layout(vm.memory_map)
-        self.monitor_memory = MonitorMemory(vm.qemu, self.layout)
+        self.monitor_memory = MonitorMemory(vm.qemu, self.layout, scratch=vm.qemu.scratch)
         fd = vm.machine.shared_ram_fd
         self.shared_memory = SharedRamMemory(fd, self.layout) if fd is not None else None
+        remote = vm.machine.remote_ram
+        self.remote_memory = RemoteRamMemory(remote, self.layout) if remote is not None else None
         self._facts: _CpuFacts | None = None
         self._window: Window | None = None
         self.last_cpu: CpuState | None = None  # vCPU 0 as last seen stopped (for post-mortem dumps)
 
     @property
     def memory(self) -> PhysicalMemory:
-        """The fastest backend this VM has: shared RAM when QEMU runs here with it, else the monitor.
+        """The fastest backend this VM has: shared RAM when QEMU runs here with it, else its RAM file on
+        the remote host, else the monitor.
 
         Outside a stopped window the guest runs: stop it (`stopped()`) around multi-step reads.
         """
-        return self.shared_memory if self.shared_memory is not None else self.monitor_memory
+        return self.shared_memory or self.remote_memory or self.monitor_memory
 
     def close(self) -> None:
         if self.shared_memory is not None:
@@ -365,7 +376,8 @@ class Verifier:
             if chosen is None:
                 raise VerificationError(f"no vCPU {cpu}; QEMU shows {[c.index for c in cpus]}")
             self.last_cpu = next((c for c in cpus if c.index == 0), chosen)
-            self._window = Window(chosen, cpus, self.shared_memory, PageCache(self.monitor_memory))
+            remote = PageCache(self.remote_memory) if self.remote_memory is not None else None
+            self._window = Window(chosen, cpus, self.shared_memory, PageCache(self.monitor_memory), remote)
             if check_vcpus:
                 self._check_vcpus_agree(cpus, self._window.memory)
             yield self._window
@@ -517,7 +529,7 @@ class Verifier:
             return out
 
     def clear_accessed_dirty(self, va: int, length: int = 1) -> None:
-        """Clear A and D in the leaf entries of [va, va+length), writing guest RAM through the shared backend.
+        """Clear A and D in the leaf entries of [va, va+length), writing guest RAM (shared or remote backend).
 
         Only meaningful where the vCPU holds no TLB entry for these pages (a fresh mapping the guest has
         not touched): a cached translation lets the guest read or write without the walk that sets A/D.
@@ -549,10 +561,12 @@ class Verifier:
 
     # -- content --------------------------------------------------------------------------------
 
-    def _require_shared(self, what: str) -> SharedRamMemory:
-        if self.shared_memory is None:
+    def _require_shared(self, what: str) -> SharedRamMemory | RemoteRamMemory:
+        """A backend that writes guest RAM: the shared mapping, or the RAM file on a remote host."""
+        writable = self.shared_memory or self.remote_memory
+        if writable is None:
             raise VerificationError(f"cannot {what}: this VM has no shared RAM backend (the monitor is read-only)")
-        return self.shared_memory
+        return writable
 
     def guest_write(self, va: int, data: bytes) -> None:
         """The guest stores ``data`` through ``va`` (agent write_va, in pieces the protocol allows)."""
@@ -577,7 +591,7 @@ class Verifier:
             return b"".join(pieces)
 
     def host_write(self, va: int, data: bytes) -> list[int]:
-        """Plant ``data`` in guest RAM at the PAs behind ``va`` (shared backend); returns the PAs written."""
+        """Plant ``data`` in guest RAM at the PAs behind ``va`` (shared or remote backend); returns the PAs written."""
         shared = self._require_shared("plant bytes in guest RAM")
         written = []
         with self.stopped() as w:
@@ -591,12 +605,13 @@ class Verifier:
 
     def round_trip(self, va: int, length: int, seed: int = 1) -> tuple[str, ...]:
         """Guest writes through the VA and the host reads the PAs (through every backend it has); the host
-        plants at the PAs (shared RAM only) and the guest reads through the VA. Returns the directions
+        plants at the PAs (shared or remote RAM file) and the guest reads through the VA. Returns the directions
         checked: ("guest->host",) or ("guest->host", "host->guest")."""
         rng = np.random.default_rng(seed)
         pattern = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
         self.guest_write(va, pattern)
-        backends = ["monitor"] + (["shared"] if self.shared_memory is not None else [])
+        backends = ["monitor"] + (["shared"] if self.shared_memory is not None else []) \
+            + (["remote"] if self.remote_memory is not None else [])
         for name in backends:
             seen = self.host_read(va, length, backend=name)
             if seen != pattern:
@@ -604,7 +619,7 @@ class Verifier:
                 raise VerificationError(f"the host ({name} backend) reads other bytes than the guest wrote at "
                                         f"{va:#x}: first difference at +{bad:#x}: {seen[bad]:#04x} != "
                                         f"{pattern[bad]:#04x}\n{self.walk(va + bad).describe()}")
-        if self.shared_memory is None:
+        if self.shared_memory is None and self.remote_memory is None:
             return ("guest->host",)
         planted = bytes(b ^ 0xA5 for b in pattern)
         self.host_write(va, planted)

@@ -36,12 +36,14 @@ from harness.errors import (
     BugCheckRecord,
     GuestReset,
     GuestTimeout,
+    HostConnectionLost,
     InfrastructureError,
     MmhilError,
     ProtocolError,
     QemuDiedError,
 )
 from harness.guest import MemoryManager
+from harness.hosts.base import VmHost
 from harness.machine import STATUS_BUGCHECK, LaunchPlan, QemuMachine
 from harness.monitor import QemuMonitor
 from harness.pump import Pump
@@ -77,7 +79,8 @@ def bugcheck_record(notice: Notice) -> BugCheckRecord:
 
 class Vm:
     def __init__(self, config: VmConfig, *, kernel: KernelImage, accelerator: str, artifacts: Path,
-                 shared_ram: bool | None = None, gdb_socket: Path | None = None) -> None:
+                 shared_ram: bool | None = None, gdb_socket: Path | None = None,
+                 host: VmHost | None = None) -> None:
         self.config = config
         self.name = config.name
         self.kernel = kernel
@@ -87,7 +90,8 @@ class Vm:
             shared_ram = config.ram_backend != "private"
         plan = LaunchPlan(kernel=kernel.path, accelerator=accelerator, artifacts=artifacts,
                           shared_ram=shared_ram, gdb_socket=gdb_socket)
-        self.machine = QemuMachine(config, plan)
+        self.machine = QemuMachine(config, plan, host=host)
+        self.host = self.machine.host
         self.mm = MemoryManager(self)
         self._console: Console | None = None
         self._agent: AgentClient | None = None
@@ -121,7 +125,7 @@ class Vm:
                        Pump(machine.agent_socket, f"{self.name}-agent")]
         self._console = Console(self._pumps[0].read_fd, machine.console_log)
         self._agent = AgentClient(machine.agent_socket, self._pumps[1].read_fd, machine.agent_log)
-        self._monitor = QemuMonitor(machine.qmp, machine.runtime_dir)
+        self._monitor = QemuMonitor(machine.qmp, machine.scratch)
         machine.qmp.on_event = self._on_qmp_event
         if self.gdb_socket is not None:
             self.on_gdb_wait(self.gdb_socket)  # the person resumes the VM from gdb
@@ -361,6 +365,12 @@ class Vm:
         while machine.running and self._guest_shutdown() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         status = machine.exit_status
+        if machine.lost is not None:
+            error: MmhilError = HostConnectionLost(
+                f"{self.name}: {machine.lost}; its QEMU on {self.host.name} ends with the connection\n"
+                f"console tail:\n{self.console_tail().rstrip() or '(empty)'}")
+            machine.shutdown(grace=1.0)
+            return error
         events = machine.qmp.events if machine.qmp else []
         shutdown = self._guest_shutdown()
         if (shutdown is not None and shutdown.data.get("reason") == "guest-reset") or any(
@@ -373,6 +383,6 @@ class Vm:
             notice = next((n for n in self._agent.notices if n.kind == "bugcheck"), None)
             if notice is not None:
                 return self._crashed(bugcheck_record(notice))
-        error = QemuDiedError(self.name, status, machine.stderr_tail(), self.console_tail())
+        died = QemuDiedError(self.name, status, machine.stderr_tail(), self.console_tail())
         machine.shutdown(grace=1.0)
-        return error
+        return died

@@ -5,6 +5,7 @@ Backends:
 - :class:`SharedRamMemory` mmaps the ``memory-backend-file,share=on`` file (read and write, zero-copy
   numpy views for the batch walker).
 - :class:`MonitorMemory` reads through QMP ``pmemsave`` (bulk) or HMP ``xp`` (small reads). Read-only.
+- :class:`RemoteRamMemory` reads and writes the RAM backend file on a remote QEMU host (SFTP).
 - :class:`BufferMemory` holds guest RAM in a host bytearray (unit tests, synthetic tables, benchmarks).
 - :class:`PageCache` keeps whole 4 KiB pages read through another backend, for one window in which
   the guest is stopped: a walk over the monitor then costs one round trip per page table, not per entry.
@@ -25,7 +26,7 @@ import secrets
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
@@ -462,6 +463,89 @@ class SharedRamMemory(_ArrayMemoryBase):
 
 
 # --------------------------------------------------------------------------------------------------
+# Remote RAM file backend
+
+
+@runtime_checkable
+class BatchReadable(Protocol):
+    """A backend that serves many reads in one round trip (PageCache uses it to fetch a level at once)."""
+
+    def read_many(self, ranges: list[tuple[int, int]]) -> list[bytes | MemoryAccessError]: ...
+
+
+class RamFileReader(Protocol):
+    """Random access to a RAM backend file that this process cannot map (on another machine)."""
+
+    def read_at(self, offset: int, size: int) -> bytes: ...
+
+    def read_many_at(self, spans: list[tuple[int, int]]) -> list[bytes]: ...
+
+    def write_at(self, offset: int, data: bytes) -> None: ...
+
+
+class RemoteRamMemory:
+    """Guest RAM in its backend file on QEMU's host, read and written there (SFTP: ``harness.hosts.ssh``).
+
+    Every read is a round trip: use it behind a :class:`PageCache` made for each stopped window,
+    which also keeps it right (the cache dies with the window, so nothing stale is ever read).
+    ``read_many`` sends all of a batch's reads before waiting for the first answer. Writes go
+    straight to the file (stop the guest around them, as for shared RAM).
+    """
+
+    def __init__(self, reader: RamFileReader, layout: RamLayout) -> None:
+        self.reader = reader
+        self.layout = layout
+
+    def read(self, pa: int, size: int) -> bytes:
+        if size < 0 or pa < 0:
+            raise MemoryAccessError(f"bad physical read [{pa:#x}, +{size:#x})")
+        spans = self.layout.spans(pa, size)
+        try:
+            data = b"".join(self.reader.read_many_at(spans)) if len(spans) > 1 else self.reader.read_at(*spans[0])
+        except OSError as exc:
+            raise MemoryAccessError(f"reading guest RAM [{pa:#x}, +{size:#x}) from its host failed: {exc}") from exc
+        if len(data) != size:
+            raise MemoryAccessError(f"the RAM file gave {len(data)} of {size} bytes at {pa:#x}")
+        return data
+
+    def read_many(self, ranges: list[tuple[int, int]]) -> list[bytes | MemoryAccessError]:
+        results: list[bytes | MemoryAccessError] = []
+        flat: list[tuple[int, int]] = []
+        shapes: list[int | MemoryAccessError] = []  # how many spans each range became
+        for pa, size in ranges:
+            try:
+                spans = self.layout.spans(pa, size)
+            except MemoryAccessError as exc:
+                shapes.append(exc)
+                continue
+            flat += spans
+            shapes.append(len(spans))
+        try:
+            pieces = iter(self.reader.read_many_at(flat))
+        except OSError as exc:
+            raise MemoryAccessError(f"reading guest RAM from its host failed: {exc}") from exc
+        for shape in shapes:
+            results.append(shape if isinstance(shape, MemoryAccessError)
+                           else b"".join(next(pieces) for _ in range(shape)))
+        return results
+
+    def read_u64(self, pa: int) -> int:
+        return int.from_bytes(self.read(pa, 8), "little")
+
+    def write(self, pa: int, data: bytes) -> None:
+        pos = 0
+        try:
+            for offset, n in self.layout.spans(pa, len(data)):
+                self.reader.write_at(offset, data[pos : pos + n])
+                pos += n
+        except OSError as exc:
+            raise MemoryAccessError(f"writing guest RAM at {pa:#x} on its host failed: {exc}") from exc
+
+    def write_u64(self, pa: int, value: int) -> None:
+        self.write(pa, _U64.pack(value & 0xFFFFFFFFFFFFFFFF))
+
+
+# --------------------------------------------------------------------------------------------------
 # Page cache
 
 
@@ -494,26 +578,39 @@ class PageCache:
     def prefetch(self, pfns: Iterable[int]) -> None:
         """Fetch the pages not yet cached, one inner read per run of consecutive frames."""
         todo = sorted({p for p in pfns if p not in self._pages and p >= 0})
+        runs: list[tuple[int, int]] = []  # [i, j) index ranges of todo that are consecutive frames
         i = 0
         while i < len(todo):
             j = i + 1
             while j < len(todo) and todo[j] == todo[j - 1] + 1 and j - i < self.max_run_pages:
                 j += 1
-            first, count = todo[i], j - i
+            runs.append((i, j))
+            i = j
+        if isinstance(self.memory, BatchReadable) and len(runs) > 1:
+            # One pipelined request for every run (a remote RAM file): one round trip, not one per run.
+            self.fetches += 1
+            results = self.memory.read_many([(todo[i] * PAGE, (j - i) * PAGE) for i, j in runs])
+            for (i, j), result in zip(runs, results, strict=True):
+                self._take_run(todo[i:j], result)
+            return
+        for i, j in runs:
             self.fetches += 1
             try:
-                data = self.memory.read(first * PAGE, count * PAGE)
-            except MemoryAccessError:
-                if count == 1:
-                    self._pages[first] = MemoryAccessError(f"guest-physical page {first * PAGE:#x} is unreadable")
-                else:  # part of the run may be readable: fall back to single pages
-                    for pfn in todo[i:j]:
-                        with contextlib.suppress(MemoryAccessError):  # remembered by page()
-                            self.page(pfn)
-            else:
-                for k in range(count):
-                    self._store(first + k, data[k * PAGE : (k + 1) * PAGE])
-            i = j
+                self._take_run(todo[i:j], self.memory.read(todo[i] * PAGE, (j - i) * PAGE))
+            except MemoryAccessError as exc:
+                self._take_run(todo[i:j], exc)
+
+    def _take_run(self, pfns: list[int], data: bytes | MemoryAccessError) -> None:
+        """Store a run of consecutive frames read at once, or find out page by page which failed."""
+        if not isinstance(data, MemoryAccessError):
+            for k, pfn in enumerate(pfns):
+                self._store(pfn, data[k * PAGE : (k + 1) * PAGE])
+        elif len(pfns) == 1:
+            self._pages[pfns[0]] = MemoryAccessError(f"guest-physical page {pfns[0] * PAGE:#x} is unreadable")
+        else:  # part of the run may be readable
+            for pfn in pfns:
+                with contextlib.suppress(MemoryAccessError):  # remembered by page()
+                    self.page(pfn)
 
     def page(self, pfn: int) -> U64Array:
         """The page at frame ``pfn`` as 512 little-endian uint64 (MemoryAccessError if unreadable)."""
@@ -567,6 +664,31 @@ class Monitor(Protocol):
 _XP_LINE = re.compile(r"^\s*([0-9a-fA-F]+):((?:\s+0x[0-9a-fA-F]+)+)\s*$")
 
 
+class ScratchFiles(Protocol):
+    """The directory QEMU writes pmemsave files into, on QEMU's host (harness.hosts.base)."""
+
+    @property
+    def directory(self) -> PurePosixPath: ...
+
+    def take(self, name: str) -> bytes:
+        """The file's bytes; the file is removed. OSError if there is none."""
+        ...
+
+
+class DirectoryScratch:
+    """A directory on this machine."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = PurePosixPath(directory)
+
+    def take(self, name: str) -> bytes:
+        path = Path(self.directory) / name
+        try:
+            return path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
+
+
 class MonitorMemory:
     """Guest physical memory through the QEMU monitor. Read-only.
 
@@ -575,19 +697,21 @@ class MonitorMemory:
     a fresh file in ``monitor.scratch_dir``, which is read and deleted. Both cost one monitor round
     trip; the threshold keeps HMP answers under ~2 KB of text and is not tuned by measurement.
 
-    ``pmemsave`` writes its file on the host QEMU runs on. When that is not this host (QMP reached over
-    a network), pass ``pmemsave=False``: every read then goes through ``xp``, ``xp_chunk`` bytes per
-    command, so this backend works wherever QMP reaches.
+    ``pmemsave`` writes its file on the host QEMU runs on. When that is not this host, pass a
+    ``scratch`` that fetches the file from there (``harness.hosts``: SFTP), or ``pmemsave=False``:
+    every read then goes through ``xp``, ``xp_chunk`` bytes per command, so this backend works
+    wherever QMP reaches.
 
     With a ``layout``, reads outside guest RAM are refused before anything is sent (QEMU itself
     returns whatever unassigned memory reads as). Stop the VM around multi-step reads.
     """
 
     def __init__(self, monitor: Monitor, layout: RamLayout | None = None, *, xp_threshold: int = 512,
-                 pmemsave: bool = True, xp_chunk: int = 4096) -> None:
+                 pmemsave: bool = True, xp_chunk: int = 4096, scratch: ScratchFiles | None = None) -> None:
         if xp_chunk <= 0 or xp_chunk % 8:
             raise ValueError(f"xp_chunk must be a positive multiple of 8, not {xp_chunk}")
         self.monitor = monitor
+        self.scratch = scratch
         self.layout = layout
         self.xp_threshold = xp_threshold
         self.pmemsave = pmemsave
@@ -639,17 +763,18 @@ class MonitorMemory:
         return b"".join(_U64.pack(v) for v in values)
 
     def _read_pmemsave(self, pa: int, size: int) -> bytes:
-        path = Path(self.monitor.scratch_dir) / f"pmem-{secrets.token_hex(8)}.bin"
+        scratch = self.scratch or DirectoryScratch(Path(self.monitor.scratch_dir))
+        name = f"pmem-{secrets.token_hex(8)}.bin"
         try:
-            self.monitor.command("pmemsave", val=pa, size=size, filename=str(path))
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise MemoryAccessError(
-                    f"pmemsave of [{pa:#x}, +{size:#x}) left no readable file: {exc}"
-                ) from exc
-        finally:
-            path.unlink(missing_ok=True)
+            self.monitor.command("pmemsave", val=pa, size=size, filename=str(scratch.directory / name))
+        except BaseException:
+            with contextlib.suppress(OSError):  # remove whatever QEMU left
+                scratch.take(name)
+            raise
+        try:
+            data = scratch.take(name)
+        except OSError as exc:
+            raise MemoryAccessError(f"pmemsave of [{pa:#x}, +{size:#x}) left no readable file: {exc}") from exc
         if len(data) != size:
             raise MemoryAccessError(f"pmemsave of [{pa:#x}, +{size:#x}) wrote {len(data)} bytes, not {size}")
         return data

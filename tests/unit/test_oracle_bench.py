@@ -35,10 +35,10 @@ def test_path_result_statistics() -> None:
     assert PathResult("y", [5.0]).spread() == "n/a"
 
 
-def test_report_shows_rates_ratios_and_targets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bench_verify, "qemu_version", lambda: "7.2.22")
+def test_report_shows_rates_ratios_and_targets() -> None:
     vm = SimpleNamespace(config=SimpleNamespace(name="default", machine="microvm", paging_levels=4, memory_mib=256),
-                         accelerator="tcg")
+                         accelerator="tcg", host=SimpleNamespace(name="local", qemu_version=lambda binary: "7.2.22"),
+                         machine=SimpleNamespace(binary="qemu-system-x86_64"))
     shared, monitor, qemu = PathResult("host walk, shared RAM (batch)", []), \
         PathResult("host walk, monitor (batch)", []), PathResult("QEMU gva2gpa (one call per VA)", [])
     for _ in range(3):
@@ -47,6 +47,7 @@ def test_report_shows_rates_ratios_and_targets(monkeypatch: pytest.MonkeyPatch) 
         qemu.add(1000, 1.0)
     text = report(vm, [shared, monitor, qemu], 0, rounds=3, batch=1000, seconds=3)  # type: ignore[arg-type]
     assert "host walk, shared RAM (batch)" in text and "5,000,000" in text and "1.00 ms per call" in text
+    assert "on local, QEMU 7.2.22" in text
     assert "shared / gva2gpa 5,000x" in text and "monitor / gva2gpa 1,000x" in text
     assert "shared >= 1,000,000/s met" in text and "shared >= 1000x gva2gpa met" in text
     assert "3,000 gva2gpa answers, 0 disagreeing" in text

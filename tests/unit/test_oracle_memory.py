@@ -18,6 +18,7 @@ from harness.oracle.memory import (
     PhysicalMemory,
     RamLayout,
     RamRegion,
+    RemoteRamMemory,
     SharedRamMemory,
 )
 from harness.oracle.paging import PTE_NX, PTE_P, PTE_RW, SIZE_2M, PagingMode, to_s64
@@ -474,3 +475,52 @@ def test_monitor_without_pmemsave_reads_through_xp_only(fake: FakeMonitor) -> No
     assert fake.hmp_calls == ["xp /512xg 0x1000", "xp /512xg 0x2000", "xp /227xg 0x3000"]
     with pytest.raises(ValueError):
         MonitorMemory(fake, xp_chunk=12)
+
+
+class _CountingFile:
+    """A RAM file read from afar: counts the round trips (read_at and read_many_at each cost one)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.round_trips = 0
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        self.round_trips += 1
+        return self.data[offset : offset + size]
+
+    def read_many_at(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        self.round_trips += 1
+        return [self.data[o : o + n] for o, n in spans]
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        self.round_trips += 1
+        self.data = self.data[:offset] + data + self.data[offset + len(data) :]
+
+
+def test_remote_ram_reads_and_writes_through_the_layout() -> None:
+    layout = RamLayout([(0, 0x2000, 0), (0x100000000, 0x1000, 0x2000)])
+    raw = bytes(range(256)) * 48
+    file = _CountingFile(raw)
+    memory = RemoteRamMemory(file, layout)
+    assert memory.read(0x1FF8, 8) == raw[0x1FF8:0x2000]
+    assert memory.read(0x100000010, 4) == raw[0x2010:0x2014]
+    assert memory.read_u64(0x10) == int.from_bytes(raw[0x10:0x18], "little")
+    with pytest.raises(MemoryAccessError, match="not inside guest RAM"):
+        memory.read(0x3000, 8)
+    memory.write_u64(0x100000008, 0x1122334455667788)
+    assert file.data[0x2008:0x2010] == (0x1122334455667788).to_bytes(8, "little")
+    assert memory.read_u64(0x100000008) == 0x1122334455667788
+    with pytest.raises(MemoryAccessError, match="not inside guest RAM"):
+        memory.write(0x1FFC, b"12345678")
+
+
+def test_page_cache_fetches_every_run_of_a_level_in_one_remote_round_trip() -> None:
+    raw = bytes(range(256)) * (16 * 4096 // 256)
+    remote = _CountingFile(raw)
+    cache = PageCache(RemoteRamMemory(remote, RamLayout.identity(len(raw))))
+    cache.prefetch([1, 2, 3, 7, 9, 10])  # three runs of consecutive frames
+    assert remote.round_trips == 1
+    assert cache.read(0x2000, 16) == raw[0x2000:0x2010] and cache.read(0x9FF8, 16) == raw[0x9FF8:0xA008]
+    assert remote.round_trips == 1, "every page read afterwards came from the cache"
+    results = RemoteRamMemory(remote, RamLayout.identity(len(raw))).read_many([(0, 8), (len(raw), 8)])
+    assert results[0] == raw[:8] and isinstance(results[1], MemoryAccessError)

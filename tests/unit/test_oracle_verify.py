@@ -12,7 +12,7 @@ import pytest
 
 from harness.errors import InfrastructureError
 from harness.monitor import parse_gva2gpa
-from harness.oracle.memory import BufferMemory, RamLayout, SharedRamMemory
+from harness.oracle.memory import BufferMemory, DirectoryScratch, RamLayout, SharedRamMemory
 from harness.oracle.paging import PAT_GUEST, PTE_G, PTE_P, SIZE_2M, SIZE_4K, PagingMode
 from harness.oracle.synth import KERNEL_RW, PageTableBuilder, SyntheticSpace
 from harness.oracle.walker import walk
@@ -98,6 +98,7 @@ class FakeMonitor:
     def __init__(self, qmp: FakeQmp, scratch_dir: Path) -> None:
         self.qmp = qmp
         self.scratch_dir = scratch_dir
+        self.scratch = DirectoryScratch(scratch_dir)
 
     def hmp(self, command_line: str) -> str:
         return self.qmp.hmp(command_line)
@@ -112,6 +113,7 @@ class FakeMachine:
     shared_ram_fd: int | None
     running: bool = True
     exit_status: int | None = None
+    remote_ram: None = None
 
 
 class FakeMm:

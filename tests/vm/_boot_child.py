@@ -1,6 +1,6 @@
 """Boots one VM in a child process for the hygiene tests, reports what it holds, then waits to be ended.
 
-usage: python _boot_child.py CONFIG ACCELERATOR ARTIFACTS (exit|wait)
+usage: python _boot_child.py CONFIG ACCELERATOR ARTIFACTS (exit|wait) [VM_HOST]
 """
 
 import json
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness.build import current_kernel
 from harness.config import load_configs
+from harness.hosts import get_host, parse_host_spec
 from harness.machine import SHM_DIR
 from harness.vm import Vm
 
@@ -22,7 +23,9 @@ def main() -> None:
     # KeyboardInterrupt: take Ctrl-C as a terminal would deliver it, however pytest was started.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     name, accelerator, artifacts, mode = sys.argv[1:5]
-    with Vm(load_configs()[name], kernel=current_kernel(), accelerator=accelerator, artifacts=Path(artifacts)) as vm:
+    host = get_host(parse_host_spec(sys.argv[5])) if len(sys.argv) > 5 else None
+    config = load_configs()[name]
+    with Vm(config, kernel=current_kernel(), accelerator=accelerator, artifacts=Path(artifacts), host=host) as vm:
         ram_fd = vm.machine.shared_ram_fd
         report = {
             "qemu_pid": vm.machine.pid,

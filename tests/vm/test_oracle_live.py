@@ -209,7 +209,7 @@ def test_monitor_and_shared_backends_read_identical_bytes_including_page_tables(
 
 def test_guest_writes_reach_the_host_and_host_plants_reach_the_guest(vm: Vm) -> None:
     info = vm.mm.kernel_info()
-    both = vm.verify.shared_memory is not None
+    both = vm.verify.shared_memory is not None or vm.verify.remote_memory is not None  # a writable RAM backend
     with pool(vm, NON_PAGED_POOL_NX, 3 * SIZE_4K) as big, pool(vm, NON_PAGED_POOL, 200) as small:
         for va, length in ((big, SIZE_4K), (big + 0xF80, 0x1100), (small, 200)):  # 0x1100: 3 pages
             directions = vm.verify.round_trip(va, length, seed=va & 0xFFFF)
