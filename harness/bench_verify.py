@@ -134,25 +134,31 @@ def _batch_round(verify: Verifier, vas: npt.NDArray[np.uint64], backend: str, se
             return done, elapsed
 
 
-def _qemu_round(verify: Verifier, vas: npt.NDArray[np.uint64], seconds: float) -> tuple[int, float, int]:
+Disagreement = tuple[int, int | None, int | None]  # VA, the host walk's PA, gva2gpa's PA
+
+
+def _qemu_round(verify: Verifier, vas: npt.NDArray[np.uint64], seconds: float) -> tuple[int, float, list[Disagreement]]:
     """gva2gpa on the batch's VAs in one stopped window until ``seconds`` are used:
-    (translations, time, answers that disagree with the host walk)."""
+    (translations, time, the answers that disagree with the host walk)."""
     with verify.stopped() as w:
         host = w.translate_many(vas)
         pas, ok = host.pa.tolist(), host.ok.tolist()
         values = vas.tolist()
-        done, wrong, start = 0, 0, time.perf_counter()
+        done, wrong, start = 0, [], time.perf_counter()
         while True:
             i = done % len(values)
-            wrong += verify.gva2gpa(int(values[i])) != (int(pas[i]) if ok[i] else None)
+            va, expected = int(values[i]), (int(pas[i]) if ok[i] else None)
+            answer = verify.gva2gpa(va)
+            if answer != expected:
+                wrong.append((va, expected, answer))
             done += 1
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
                 return done, elapsed, wrong
 
 
-def measure(vm: Vm, *, seconds: float, rounds: int, batch: int) -> tuple[list[PathResult], int]:
-    """Per-round rates of the three paths; also returns how many gva2gpa answers disagreed with the host."""
+def measure(vm: Vm, *, seconds: float, rounds: int, batch: int) -> tuple[list[PathResult], list[Disagreement]]:
+    """Per-round rates of the three paths; also returns the gva2gpa answers that disagreed with the host."""
     verify = vm.verify
     snap = verify.snapshot()
     batches: list[tuple[str, PathResult]] = []
@@ -167,7 +173,7 @@ def measure(vm: Vm, *, seconds: float, rounds: int, batch: int) -> tuple[list[Pa
     # The batch paths need little time per round; gva2gpa gets the rest of the round.
     batch_slice = seconds / rounds / 6
     qemu_slice = seconds / rounds - len(batches) * batch_slice
-    disagreements = 0
+    disagreements: list[Disagreement] = []
     for r in range(rounds):
         vas = sample_vas(snap, batch, seed=r)
         for backend, result in batches:
@@ -178,7 +184,12 @@ def measure(vm: Vm, *, seconds: float, rounds: int, batch: int) -> tuple[list[Pa
     return [result for _, result in batches] + [qemu], disagreements
 
 
-def report(vm: Vm, paths: list[PathResult], disagreements: int, *, rounds: int, batch: int, seconds: float) -> str:
+def _pa(pa: int | None) -> str:
+    return "unmapped" if pa is None else f"{pa:#x}"
+
+
+def report(vm: Vm, paths: list[PathResult], disagreements: list[Disagreement], *, rounds: int, batch: int,
+           seconds: float) -> str:
     c = vm.config
     lines = [
         f"mmhil bench verify: {c.name} ({c.machine}, {vm.accelerator}, {c.paging_levels}-level, "
@@ -207,7 +218,8 @@ def report(vm: Vm, paths: list[PathResult], disagreements: int, *, rounds: int, 
     else:
         lines.append("targets: no shared RAM backend on this VM, so the shared-RAM targets cannot be measured")
     checked = paths[-1].translations
-    lines.append(f"cross-check: {checked:,} gva2gpa answers, {disagreements} disagreeing with the host walk")
+    lines.append(f"cross-check: {checked:,} gva2gpa answers, {len(disagreements)} disagreeing with the host walk")
+    lines += [f"  VA {va:#x}: host walk {_pa(host)}, gva2gpa {_pa(qemu)}" for va, host, qemu in disagreements[:8]]
     return "\n".join(lines)
 
 

@@ -15,6 +15,8 @@ import fcntl
 import os
 import select
 import socket
+import struct
+import termios
 import threading
 
 PIPE_BYTES = 1 << 20
@@ -28,11 +30,13 @@ class Pump:
         with contextlib.suppress(OSError):  # an unprivileged limit below 1 MiB only means a smaller pipe
             fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, PIPE_BYTES)
         os.set_blocking(self._write_fd, False)
+        self._pending = bytearray()  # taken from the socket, not yet in the pipe
+        self._lock = threading.Lock()  # holds `_pending` and the socket's queue still together
         self._thread = threading.Thread(target=self._run, name=f"pump-{name}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        pending = bytearray()
+        pending = self._pending
         socket_open = True
         while socket_open or pending:
             poller = select.poll()
@@ -45,21 +49,34 @@ class Pump:
             if pending:
                 poller.register(self._write_fd, select.POLLOUT)
             ready = {fd for fd, _ in poller.poll()}
-            if self._sock.fileno() in ready:
-                try:
-                    data = self._sock.recv(1 << 16)
-                except OSError:
-                    data = b""
-                socket_open = bool(data)
-                pending += data
-            if self._write_fd in ready:
-                try:
-                    del pending[: os.write(self._write_fd, pending[: 1 << 16])]
-                except BlockingIOError:
-                    pass
-                except OSError:  # the reader is gone: nobody wants the rest
-                    pending.clear()
+            with self._lock:
+                if self._sock.fileno() in ready:
+                    try:
+                        data = self._sock.recv(1 << 16)
+                    except OSError:
+                        data = b""
+                    socket_open = bool(data)
+                    pending += data
+                if self._write_fd in ready or pending:
+                    try:
+                        del pending[: os.write(self._write_fd, pending[: 1 << 16])]
+                    except BlockingIOError:
+                        pass
+                    except OSError:  # the reader is gone: nobody wants the rest
+                        pending.clear()
         os.close(self._write_fd)
+
+    def caught_up(self) -> bool:
+        """Everything the socket has received so far is in the pipe (or the socket is gone)."""
+        with self._lock:
+            if self._pending:
+                return False
+            try:
+                unread = fcntl.ioctl(self._sock.fileno(), termios.FIONREAD, struct.pack("i", 0))
+            except (OSError, ValueError):
+                return True
+            count: int = struct.unpack("i", unread)[0]
+            return count == 0
 
     def close(self) -> None:
         """Stop draining: the socket is shut down (its owner closes it), the thread ends, readers see EOF."""

@@ -124,7 +124,7 @@ class Vm:
         self._pumps = [Pump(machine.console_socket, f"{self.name}-console"),
                        Pump(machine.agent_socket, f"{self.name}-agent")]
         self._console = Console(self._pumps[0].read_fd, machine.console_log)
-        self._agent = AgentClient(machine.agent_socket, self._pumps[1].read_fd, machine.agent_log)
+        self._agent = AgentClient(machine.agent_socket, self._pumps[1], machine.agent_log)
         self._monitor = QemuMonitor(machine.qmp, machine.scratch)
         machine.qmp.on_event = self._on_qmp_event
         if self.gdb_socket is not None:

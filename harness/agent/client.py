@@ -34,6 +34,7 @@ from harness.agent.codec import (
 )
 from harness.agent.mailbox import DOORBELL_REQUEST, DOORBELL_RESPONSE, Mailbox
 from harness.errors import MmhilError, ProtocolError
+from harness.pump import Pump
 
 MAX_FRAME_BYTES = 1 << 20
 # How long the host spins on a mailbox answer before it blocks and asks the agent to ring: longer
@@ -45,6 +46,9 @@ POLLS_PER_LOOK = 64
 # While blocked, how long one wait on COM2 lasts before the mailbox is looked at again: it bounds
 # the cost of a doorbell lost to a race between the two sides' stores.
 BLOCKED_RECHECK_SECONDS = 0.001
+# How long COM2's bytes may take from QEMU's socket to the pump's pipe once the mailbox has answered:
+# a thread's wake-up, generously.
+CATCH_UP_SECONDS = 2.0
 
 Request = tuple[str, Sequence[int | bytes]]
 
@@ -66,10 +70,11 @@ class AgentStopped(MmhilError):
 
 
 class AgentClient:
-    def __init__(self, sock: socket.socket, read_fd: int, transcript_path: Path) -> None:
-        """Requests go out on `sock`; frames come in on `read_fd` (a Pump's pipe), which this owns."""
+    def __init__(self, sock: socket.socket, pump: Pump, transcript_path: Path) -> None:
+        """Requests go out on `sock`; frames come in through `pump`'s pipe, which this owns."""
         self._sock = sock
-        self._read_fd = read_fd
+        self._read_fd = pump.read_fd
+        self._caught_up = pump.caught_up
         self._buffer = bytearray()
         self._ids = itertools.cycle(range(1, MAX_ID + 1))
         # Unbuffered and appended with one write per line: the transcript survives a SIGKILL whole.
@@ -113,15 +118,17 @@ class AgentClient:
     def _read_line(self, deadline: float) -> tuple[bytes, bool]:
         """The next frame's line, and whether it came through the mailbox."""
         while True:
-            if self._mailbox_lines:
-                return self._mailbox_lines.popleft(), True
             while self._buffer and self._buffer[0] == DOORBELL_RESPONSE:  # never in a frame: a doorbell
                 del self._buffer[:1]
+            # COM2 first: what it holds was written before the mailbox answers were taken (see
+            # `_settle_mailbox`), and a `!bugcheck` or bad bytes there must not wait behind them.
             newline = self._buffer.find(b"\n")
             if newline >= 0:
                 line = bytes(self._buffer[:newline])
                 del self._buffer[: newline + 1]
                 return line, False
+            if self._mailbox_lines:
+                return self._mailbox_lines.popleft(), True
             if len(self._buffer) > MAX_FRAME_BYTES:
                 raise ProtocolError(f"agent sent more than {MAX_FRAME_BYTES} bytes without a newline")
             if self._mailbox_sequence is not None:
@@ -188,6 +195,23 @@ class AgentClient:
         if data:
             self._log("< [mailbox]", data)
         self._mailbox_lines.extend(data.split(b"\n")[:-1])
+        self._take_com2_sent_before_the_answer()
+
+    def _take_com2_sent_before_the_answer(self) -> None:
+        """The guest's UART hands each byte to QEMU's socket before the agent goes on, so whatever the
+        agent put on COM2 before it finished the post is in the socket or past it: take it now, or
+        it would pass for the next request's traffic (a `!bugcheck`, bad bytes)."""
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while True:
+            caught_up = self._caught_up()  # before the read: what it saw is in the pipe by then
+            while self._read_com2(0):
+                pass
+            if caught_up:
+                return
+            if time.monotonic() >= deadline:
+                raise ChannelTimeout(f"COM2's bytes did not reach the host within {CATCH_UP_SECONDS:g} s "
+                                     "of the mailbox answer")
+            self._read_com2(0.001)  # the pump is moving bytes: give it a moment
 
     def read_frame(self, timeout: float) -> Frame:
         line, from_mailbox = self._read_line(time.monotonic() + timeout)

@@ -71,6 +71,10 @@ AGENT_COMMANDS: dict[str, str] = {
     "DxgkCbOpenPhysicalMemoryObject": "ii", "DxgkCbClosePhysicalMemoryObject": "i", "dxgk_object_info": "i",
     "user_page_free": "i", "user_probe": "iii", "user_kernel_access": "iiii", "user_kernel_execute": "i",
     "access_probe_setup": "", "access_probe_batch": "b", "access_probe_release": "",
+    "read_va_nofault": "ii", "cpu_info": "", "smp_stress": "iii", "smp_stress_release": "",
+    "test_hook_skip_shootdown": "i", "test_hook_invlpg": "i",
+    "test_hook_hang": "", "test_hook_triple_fault": "", "test_hook_console_garbage": "ii",
+    "test_hook_agent_garbage": "ii",
 }
 
 # Commands a case may run to completion: for any values of the right types they only read, and
@@ -85,6 +89,7 @@ HARMLESS_COMMANDS: dict[str, tuple[str, ...]] = {
     "outstanding": ("irql",),
     "copy_pte_va": ("va",),
     "KeGetCurrentIrql": ("irql",),
+    "cpu_info": ("cpu", "cpus", "online", "cr3"),
     "MmGetPhysicalAddress": ("pa",),
     "MmIsAddressValid": ("valid",),
     "MmGetVirtualForPhysical": ("va",),

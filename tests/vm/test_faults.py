@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -120,9 +121,10 @@ class InnerRun:
 class Session:
     """Runs inner pytest sessions in a pytester directory, each with its own runtime dir and notes."""
 
-    def __init__(self, pytester: pytest.Pytester, tmp_path: Path) -> None:
+    def __init__(self, pytester: pytest.Pytester, tmp_path: Path, runtime: Path) -> None:
         self.path = pytester.path
         self.tmp = tmp_path
+        self.runtime = runtime
         (self.path / "fault_notes.py").write_text(FAULT_NOTES)
         self.runs = 0
 
@@ -133,12 +135,10 @@ class Session:
     def command(self, *args: str) -> tuple[list[str], dict[str, str], Path, Path]:
         self.runs += 1
         junit = self.tmp / f"junit-{self.runs}.xml"
-        runtime = self.tmp / "runtime"
-        runtime.mkdir(exist_ok=True)
         artifacts = Path(os.environ.get("MMHIL_FAULT_ARTIFACTS", self.tmp / "artifacts"))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS"))}
         env.pop("PYTEST_CURRENT_TEST", None)
-        env.update(XDG_RUNTIME_DIR=str(runtime), MMHIL_FAULT_NOTES=str(self.tmp / "notes.jsonl"))
+        env.update(XDG_RUNTIME_DIR=str(self.runtime), MMHIL_FAULT_NOTES=str(self.tmp / "notes.jsonl"))
         argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--vm-config", "default", "-rfEs",
                 f"--junitxml={junit}", f"--vm-artifacts={artifacts}", *args]
         return argv, env, junit, artifacts
@@ -152,7 +152,7 @@ class Session:
                 cases[case.get("name", "")] = ("failed" if status == "failure" else status, properties)
         notes_file = self.tmp / "notes.jsonl"
         notes = [json.loads(line) for line in notes_file.read_text().splitlines()] if notes_file.exists() else []
-        return InnerRun(ret, output, cases, notes, artifacts, self.tmp / "runtime")
+        return InnerRun(ret, output, cases, notes, artifacts, self.runtime)
 
     def run(self, *args: str, timeout: float = 300) -> InnerRun:
         argv, env, junit, artifacts = self.command(*args)
@@ -179,8 +179,15 @@ class Session:
 
 
 @pytest.fixture
-def session(pytester: pytest.Pytester, tmp_path: Path, mmhil_kernel: KernelImage) -> Session:
-    return Session(pytester, tmp_path)
+def session(pytester: pytest.Pytester, tmp_path: Path, mmhil_kernel: KernelImage) -> Iterator[Session]:
+    # Not under tmp_path: pytest makes its base temp dir 0700, and when the harness runs as root QEMU
+    # runs as mmhil-qemu, which must traverse every parent of its runtime dir.
+    runtime = Path(tempfile.mkdtemp(prefix="mmhil-faults-runtime-"))
+    runtime.chmod(0o711)
+    try:
+        yield Session(pytester, tmp_path, runtime)
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def gdb_batch(core: Path, *commands: str) -> str:
