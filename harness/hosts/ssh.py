@@ -258,9 +258,16 @@ class RemoteProcess:
 
 
 class SftpRamFile:
-    """The remote QEMU's RAM file, opened once by SFTP (read-write) through the parent's descriptor in /proc."""
+    """The remote QEMU's RAM file, opened by SFTP (read-write) through the parent's descriptor in /proc.
+
+    Plain reads and writes use one handle for the VM's life. Each pipelined read (`readv`) gets a
+    handle of its own, closed after it: paramiko's prefetch state (a helper thread still sending while
+    answers arrive, answers kept by offset) must never outlive the call, or a later read could be
+    served bytes from an earlier stopped window."""
 
     def __init__(self, sftp: paramiko.SFTPClient, path: str) -> None:
+        self._sftp = sftp
+        self._path = path
         self._file = sftp.open(path, "r+b")
         self._lock = threading.Lock()
 
@@ -272,8 +279,8 @@ class SftpRamFile:
     def read_many_at(self, spans: list[tuple[int, int]]) -> list[bytes]:
         if not spans:
             return []
-        with self._lock:
-            return [bytes(chunk) for chunk in self._file.readv(spans)]
+        with self._lock, self._sftp.open(self._path, "rb") as once:
+            return [bytes(chunk) for chunk in once.readv(spans)]
 
     def write_at(self, offset: int, data: bytes) -> None:
         with self._lock:
