@@ -45,14 +45,17 @@ def test_report_shows_rates_ratios_and_targets() -> None:
         shared.add(5_000_000, 1.0)
         monitor.add(1_000_000, 1.0)
         qemu.add(1000, 1.0)
-    text = report(vm, [shared, monitor, qemu], 0, rounds=3, batch=1000, seconds=3)  # type: ignore[arg-type]
+    text = report(vm, [shared, monitor, qemu], [], rounds=3, batch=1000, seconds=3)  # type: ignore[arg-type]
     assert "host walk, shared RAM (batch)" in text and "5,000,000" in text and "1.00 ms per call" in text
     assert "on local, QEMU 7.2.22" in text
     assert "shared / gva2gpa 5,000x" in text and "monitor / gva2gpa 1,000x" in text
     assert "shared >= 1,000,000/s met" in text and "shared >= 1000x gva2gpa met" in text
     assert "3,000 gva2gpa answers, 0 disagreeing" in text
-    no_shared = report(vm, [monitor, qemu], 0, rounds=3, batch=1000, seconds=3)  # type: ignore[arg-type]
+    no_shared = report(vm, [monitor, qemu], [(0xFFFFF80000201000, 0x201000, None)], rounds=3, batch=1000,
+                       seconds=3)  # type: ignore[arg-type]
     assert "no shared RAM backend" in no_shared
+    assert "1 disagreeing" in no_shared
+    assert "VA 0xfffff80000201000: host walk 0x201000, gva2gpa unmapped" in no_shared, "the disagreement is named"
 
 
 def test_add_parser_registers_verify_with_defaults() -> None:
