@@ -211,15 +211,21 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 
 
 def _suite_run(workers: str, extra: list[str]) -> float:
-    """Seconds the whole suite takes with `-n workers` (it must pass: a failing run's time means nothing)."""
+    """Seconds the whole suite takes with `-n workers` (it must pass: a failing run's time means nothing).
+    The run's whole output goes to artifacts/bench-suite-n<workers>.log, kept for a failure's reasons."""
     command = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests"), "-q", "-p", "no:cacheprovider",
                "-n", workers, *extra]
+    log = REPO_ROOT / "artifacts" / f"bench-suite-n{workers}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    with log.open("w", encoding="utf-8") as output:
+        result = subprocess.run(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT, text=True)
     elapsed = time.monotonic() - start
     if result.returncode != 0:
-        raise MmhilError(f"the suite failed with -n {workers}; a timing of a failing run means nothing:\n"
-                         + "\n".join(result.stdout.splitlines()[-15:]))
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+        failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+        raise MmhilError(f"the suite failed with -n {workers}; a timing of a failing run means nothing "
+                         f"(whole output: {log}):\n" + "\n".join(failures[:20] + lines[-5:]))
     return elapsed
 
 

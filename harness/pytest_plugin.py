@@ -54,7 +54,7 @@ from typing import Any
 import pytest
 from _pytest.runner import runtestprotocol
 
-from harness.build import REPO_ROOT, KernelImage, build_kernel
+from harness.build import KernelImage, build_kernel
 from harness.config import VmConfig, load_configs, select_configs
 from harness.coredump import CORE_NAME, CoreDump
 from harness.errors import ConfigError, GuestCrash, GuestTimeout, HostError, InfrastructureError, MmhilError
@@ -83,8 +83,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "group). Default: every config in vm_images/.")
     group.addoption("--vm-accel", choices=("tcg", "kvm", "auto"), default=None,
                     help="override every selected config's accelerator")
-    group.addoption("--vm-artifacts", default=str(REPO_ROOT / "artifacts"), metavar="DIR",
-                    help="where VM logs go (default: artifacts/)")
+    group.addoption("--vm-artifacts", default=None, metavar="DIR",
+                    help="where VM logs go (default: artifacts/ under pytest's rootdir)")
     group.addoption("--shard", default=None, metavar="I/N",
                     help="run shard I of N: configs are dealt out round-robin, tests without a VM go to shard 1")
     group.addoption("--gdb", action="store_true",
@@ -351,8 +351,7 @@ _DISK_FULL = "mmhil disk full"
 
 def _disk_full_note(item: pytest.Item, error: BaseException) -> str:
     slot = item.stash.get(_SLOT, None)
-    where = slot.vm.artifacts if slot is not None and slot.vm is not None else \
-        Path(item.config.getoption("--vm-artifacts"))
+    where = slot.vm.artifacts if slot is not None and slot.vm is not None else artifacts_root(item.config)
     file = getattr(error, "filename", None)
     return (f"no space left for the artifacts at {where}" + (f" (writing {file})" if file else "")
             + f": {_free_bytes(where)} bytes free")
@@ -742,13 +741,24 @@ def mmhil_kernel() -> KernelImage:
     return build_kernel()
 
 
+def artifacts_root(config: pytest.Config) -> Path:
+    """--vm-artifacts, or artifacts/ under the rootdir: a pytest run nested in a test (pytester) has a
+    rootdir of its own, so it never clears the folder of the run around it."""
+    chosen = config.getoption("--vm-artifacts")
+    return Path(chosen) if chosen else config.rootpath / "artifacts"
+
+
+def _worker_id(config: pytest.Config) -> str:
+    # From xdist itself, not PYTEST_XDIST_WORKER: a nested run inherits that variable from its worker.
+    return str(getattr(config, "workerinput", {}).get("workerid", "main"))
+
+
 _cleared_artifacts: list[Path] = []
 
 
 @pytest.fixture(scope="session")
 def vm_pool(request: pytest.FixtureRequest, mmhil_kernel: KernelImage) -> Iterator[VmPool]:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    root = Path(request.config.getoption("--vm-artifacts")) / worker
+    root = artifacts_root(request.config) / _worker_id(request.config)
     if not _cleared_artifacts:  # once per process: a retry may set this fixture up again
         shutil.rmtree(root, ignore_errors=True)
         _cleared_artifacts.append(root)

@@ -48,7 +48,9 @@ class QemuProcess(Protocol):
         """Wait up to `timeout` for it to end; its exit status, or None if it still runs."""
         ...
 
-    def send_signal(self, sig: int) -> None: ...
+    def send_signal(self, sig: int) -> None:
+        """Send it `sig`; returns once the signal has been delivered on its host."""
+        ...
 
 
 class RamFile(Protocol):

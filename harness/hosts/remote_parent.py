@@ -7,8 +7,10 @@ It needs nothing but the standard library, QEMU and setpriv on the remote host. 
                     `setpriv --pdeathsig KILL`, so QEMU dies if this parent dies. It reports on stdout,
                     one JSON object a line: {"ready": ...} once QEMU's sockets exist, {"exit": status}
                     when QEMU ends. QEMU's stdout and stderr go to this process's stderr. On stdin it
-                    takes {"signal": N}. EOF on stdin (the channel was closed, or the connection
-                    dropped) kills QEMU, and every file this parent made goes with it.
+                    takes {"signal": N}, answered by {"signalled": N} once kill(2) returned (or QEMU
+                    had already ended), so the harness knows the signal is in. EOF on stdin (the
+                    channel was closed, or the connection dropped) kills QEMU, and every file this
+                    parent made goes with it.
     relay PATH      joins stdin/stdout to the Unix socket PATH (one of QEMU's chardevs), until either
                     side ends: this is how QMP, console and agent cross the SSH connection without
                     opening a port. It says `connected` on stderr once it is.
@@ -143,8 +145,10 @@ def serve() -> int:
                 line, _, rest = bytes(buffer).partition(b"\n")
                 buffer[:] = rest
                 command = json.loads(line)
-                if "signal" in command and qemu.poll() is None:
-                    qemu.send_signal(int(command["signal"]))
+                if "signal" in command:
+                    if qemu.poll() is None:
+                        qemu.send_signal(int(command["signal"]))
+                    _say({"signalled": int(command["signal"])})
     finally:
         if qemu is not None and qemu.poll() is None:
             qemu.kill()

@@ -107,6 +107,7 @@ class _Link:
         self.ready: dict[str, Any] | None = None
         self.error: str | None = None
         self.exit_status: int | None = None
+        self.signals_acknowledged = 0
         self.lost: str | None = None
         self.changed = threading.Condition()
         self._closing = False
@@ -175,6 +176,8 @@ class _Link:
                 self.error = str(message["error"])
             if "exit" in message:
                 self.exit_status = int(message["exit"])
+            if "signalled" in message:
+                self.signals_acknowledged += 1
             self.changed.notify_all()
 
     def _set_lost(self, why: str) -> None:
@@ -254,7 +257,15 @@ class RemoteProcess:
         return self._link.exit_status
 
     def send_signal(self, sig: int) -> None:
-        self._link.send({"signal": int(sig)})
+        """Returns once the remote parent has sent it, as kill(2) does locally: a test that kills QEMU
+        and then calls the agent must never find QEMU still answering."""
+        link = self._link
+        with link.changed:
+            before = link.signals_acknowledged
+        link.send({"signal": int(sig)})
+        if not link.wait(lambda: link.signals_acknowledged > before or link.lost is not None, CHANNEL_TIMEOUT):
+            raise HostError(link.host.name, f"the remote parent did not acknowledge signal {sig} "
+                                            f"within {CHANNEL_TIMEOUT:.0f} s")
 
 
 class SftpRamFile:

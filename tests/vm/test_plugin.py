@@ -10,6 +10,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from harness.pytest_plugin import artifacts_root
+
 OUTCOMES_DEMO = """
 from harness.errors import BugCheckRecord, BugCheck, GuestTimeout, InfrastructureError
 
@@ -69,6 +71,26 @@ def test_six_outcomes_stay_distinct_in_summary_and_junit(pytester: pytest.Pytest
     registers = (failure / "registers.txt").read_text()
     assert re.search(r"^CPU#0", registers, re.M) and "RIP=" in registers and "CR3=" in registers, registers[:300]
     assert "qemu-system-x86_64" in (failure / "repro.sh").read_text()
+
+
+def test_a_nested_run_keeps_its_artifacts_apart_from_the_run_around_it(
+    pytester: pytest.Pytester, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A nested run inherits PYTEST_XDIST_WORKER from the worker that starts it; once, it took that
+    # worker's name and cleared the outer run's artifacts folder under a live VM.
+    probe = "gw-nested-probe"
+    kept = artifacts_root(request.config) / probe / "kept"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text("the outer run's\n")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", probe)
+    pytester.makepyfile(test_demo="def test_vm(vm):\n    assert vm.mm.kernel_info().levels == 4\n")
+    try:
+        result = pytester.runpytest_subprocess("--vm-config", "default", "-p", "no:cacheprovider", timeout=300)
+        result.assert_outcomes(passed=1)
+        assert kept.exists(), "the nested run cleared the outer run's artifacts"
+        assert (pytester.path / "artifacts" / "main" / "default" / "boot-1" / "console.log").exists()
+    finally:
+        shutil.rmtree(kept.parent, ignore_errors=True)
 
 
 def test_shards_deal_out_configs_and_keep_unit_tests_in_shard_one(pytester: pytest.Pytester) -> None:
