@@ -173,6 +173,11 @@ class QemuMachine:
         return self._started.runtime_dir
 
     @property
+    def gdb_socket(self) -> Path | None:
+        """Where gdb attaches to QEMU's gdbstub (None without --gdb)."""
+        return self._started.gdb_socket if self._started else None
+
+    @property
     def scratch(self) -> ScratchFiles:
         """The runtime directory as a place QEMU writes files for the harness to take (pmemsave)."""
         if self._started is None:

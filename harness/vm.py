@@ -127,8 +127,8 @@ class Vm:
         self._agent = AgentClient(machine.agent_socket, self._pumps[1], machine.agent_log)
         self._monitor = QemuMonitor(machine.qmp, machine.scratch)
         machine.qmp.on_event = self._on_qmp_event
-        if self.gdb_socket is not None:
-            self.on_gdb_wait(self.gdb_socket)  # the person resumes the VM from gdb
+        if machine.gdb_socket is not None:
+            self.on_gdb_wait(machine.gdb_socket)  # the person resumes the VM from gdb
         else:
             machine.resume()
         self.boot_clock["resumed"] = time.monotonic()

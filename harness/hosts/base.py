@@ -82,6 +82,7 @@ class StartedQemu:
     release: Callable[[], None]  # frees what the host holds for this VM; called once QEMU ended
     ram_fd: int | None = None  # guest RAM mapped by this process (local hosts)
     ram_file: RamFile | None = None  # guest RAM readable from afar (remote hosts)
+    gdb_socket: Path | None = None  # where gdb attaches, when QEMU was started with its gdbstub
 
 
 class VmHost(ABC):

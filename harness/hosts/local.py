@@ -258,8 +258,9 @@ class LocalHost(VmHost):
         ram_fd = self._make_ram_file(config.memory_bytes, user) if plan.shared_ram else None
         pass_fds = [s.fileno() for s in qemu_ends] + [log_fd] + ([ram_fd] if ram_fd is not None else [])
         gdb_link = plan.gdb_socket
-        if gdb_link is not None and user is not None:
-            # QEMU's user cannot create files among the artifacts: the socket lives in the runtime dir.
+        if gdb_link is not None:
+            # In the runtime dir, not among the artifacts: QEMU's user may not write there, and a deep
+            # artifacts path would pass the 107-byte limit of a Unix socket's name.
             plan = replace(plan, gdb_socket=runtime_dir / "gdb.sock")
         plan = replace(plan, extra_args=("-add-fd", f"fd={log_fd},set={CONSOLE_LOG_FDSET}", *plan.extra_args))
         args = qemu_arguments(
@@ -291,13 +292,13 @@ class LocalHost(VmHost):
             for s in qemu_ends:
                 s.close()
             os.close(log_fd)
-        if gdb_link is not None and plan.gdb_socket != gdb_link and plan.gdb_socket is not None:
+        if gdb_link is not None and plan.gdb_socket is not None:  # the artifacts show where it went
             gdb_link.unlink(missing_ok=True)
             gdb_link.symlink_to(plan.gdb_socket)
         return StartedQemu(
             process=LocalProcess(popen), args=args, qmp=qmp_host, console=console_host, agent=agent_host,
             runtime_dir=runtime_dir, scratch=DirectoryScratch(runtime_dir), release=release,
-            ram_fd=ram_fd,
+            ram_fd=ram_fd, gdb_socket=plan.gdb_socket,
         )
 
 
