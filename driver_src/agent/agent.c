@@ -78,7 +78,7 @@ static void serve_com2_byte(uint8_t byte)
  * COM2_LOOK_TICKS while it is quiet, and at every turn while its bytes flow: a look is an I/O exit.
  * After QUIET_TICKS (~0.9 ms) without work the CPU halts until a COM2 byte, so an idle VM costs no
  * host CPU. Most gaps between a test's requests are the host's own Python work: spinning through
- * them took that core from the other xdist worker (at 2^24 ticks, ~7 ms, `-n 2` ran about a third slower).
+ * them took that core from the other xdist worker (at 2^24 ticks, ~7 ms, `-n 2` ran a third slower).
  */
 #define COM2_LOOK_TICKS BIT(17)
 #define QUIET_TICKS BIT(21)
