@@ -41,6 +41,15 @@ def repeat(run: Callable[[], float], times: int) -> Sample:
     return Sample(tuple(run() for _ in range(times)))
 
 
+def interleaved(reference: Callable[[], float], subject: Callable[[], float], times: int) -> tuple[Sample, Sample]:
+    """Both, alternating, after one unmeasured run of each: load on the machine drifts over a run, and
+    alternating puts both under the same drift (and the first run pays for cold caches)."""
+    reference()
+    subject()
+    pairs = [(reference(), subject()) for _ in range(times)]
+    return Sample(tuple(r for r, _ in pairs)), Sample(tuple(s for _, s in pairs))
+
+
 def floor_run(config: VmConfig, accelerator: str) -> float:
     """QEMU's own floor for this machine type: start paused, no guest, `quit`, exit."""
     with tempfile.TemporaryDirectory(prefix="mmhil-bench-") as scratch:
@@ -79,7 +88,7 @@ def boot_phases(vm: Vm) -> dict[str, float]:
     entry_at = clock["ready"] - (hello_tsc - entry_tsc) / rate
     phases = {
         "QEMU start (to QMP)": clock["qmp"] - clock["launched"],
-        "host set-up, cont": clock["resumed"] - clock["qmp"],
+        "host: cont sent": clock["resumed"] - clock["qmp"],
         "firmware (to the boot stub)": entry_at - clock["resumed"],
     }
     for (_, earlier), (name, later) in itertools.pairwise(stamps):

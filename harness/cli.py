@@ -198,12 +198,13 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
                 continue
             accel = result.accelerator
             phases: list[dict[str, float]] | None = [] if args.phases else None
-            floor = bench.repeat(partial(bench.floor_run, config, accel), args.boots)
-            boots = bench.repeat(partial(bench.boot_run, config, kernel, accel, Path(scratch) / config.name,
-                                         phases), args.boots)
+            floor, boots = bench.interleaved(partial(bench.floor_run, config, accel),
+                                             partial(bench.boot_run, config, kernel, accel,
+                                                     Path(scratch) / config.name, phases), args.boots)
             print(f"{config.name:14} {accel:5} {boots.median * 1e3:9.1f} ms {floor.median * 1e3:10.1f} ms "
                   f"{boots.median / floor.median:6.2f}  boot {boots.spread()}; floor {floor.spread()}")
             if phases:
+                del phases[:-args.boots]  # the warm-up boot's
                 for name in phases[0]:
                     step = bench.Sample(tuple(p[name] for p in phases))
                     print(f"{'':14} {name:42} {step.median * 1e3:8.2f} ms  {step.spread()}")

@@ -4,7 +4,8 @@ Lifecycle (modelled on QEMUMachine):
 
     launch()   QEMU starts paused (-S) on the VM's host (harness.hosts: this machine, or one reached
                over SSH), which hands back QMP, console and agent as local sockets.
-    resume()   `cont`, once the harness has attached to every channel.
+    resume()   sends `cont` (its answer is taken later): the channels hold the guest's output until
+               the harness reads them.
     shutdown() QMP `quit`, wait, SIGKILL, wait; then close every channel and let the host remove what
                it made for the VM. Safe to call at any time, any number of times.
 
@@ -30,7 +31,7 @@ from harness.config import VmConfig
 from harness.errors import HostConnectionLost, InfrastructureError, QemuLaunchError
 from harness.hosts.base import SANDBOX, RamFile, ScratchFiles, StartedQemu, VmHost
 from harness.hosts.local import RUNTIME_ROOT, SHM_DIR, local_host, sweep_stale_runtime_dirs
-from harness.qmp import QmpChannel
+from harness.qmp import QmpChannel, QmpReply
 
 QEMU_BINARY = "qemu-system-x86_64"
 QBOOT_ROM = "/usr/share/qemu/qboot.rom"
@@ -262,8 +263,9 @@ class QemuMachine:
             reason = "it exited during start-up" if status is not None else f"QMP did not come up: {exc}"
             raise QemuLaunchError(reason, status, self.command_line(), stderr_text) from exc
 
-    def resume(self) -> None:
-        self._require_qmp().command("cont")
+    def resume(self) -> QmpReply:
+        """Send `cont`; the guest runs from QEMU's answer, which the caller takes when it needs it."""
+        return self._require_qmp().submit("cont")
 
     def _require_qmp(self) -> QmpChannel:
         if self.qmp is None:

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,19 @@ class QmpCommandError(InfrastructureError):
         self.error_class = error_class
         self.description = description
         super().__init__(f"QMP {command} failed: {error_class}: {description}")
+
+
+class QmpReply:
+    """The answer to a command already sent (QmpChannel.submit)."""
+
+    def __init__(self, channel: QmpChannel, name: str, future: Future[object]) -> None:
+        self._channel = channel
+        self.name = name
+        self._future = future
+
+    def wait(self, timeout: float = 10.0) -> object:
+        """The command's result; QmpCommandError if QEMU refused it, InfrastructureError if no answer came."""
+        return self._channel._answer(self.name, self._future, timeout)
 
 
 class _Recorder(EventListener):
@@ -74,6 +88,21 @@ class QmpChannel:
         self.on_event: Callable[[QmpEvent], None] | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
+
+    def _answer(self, name: str, future: Future[object], timeout: float) -> object:
+        try:
+            result = future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise InfrastructureError(f"{self.vm_name}: QMP {name} got no answer within {timeout:g} s") from None
+        except ExecuteError as exc:
+            self._write_log("error", {"execute": name, "error": str(exc)})
+            raise QmpCommandError(name, exc.error_class, str(exc)) from exc
+        except QMPError as exc:
+            self._write_log("error", {"execute": name, "error": str(exc)})
+            raise InfrastructureError(f"{self.vm_name}: QMP {name} failed: {exc}") from exc
+        self._write_log("reply", {"execute": name, "return": result})
+        return result
 
     def _run(self, make: Callable[[], Coroutine[Any, Any, T]], timeout: float, what: str) -> T:
         if self._loop.is_closed():
@@ -125,24 +154,21 @@ class QmpChannel:
             raise InfrastructureError(f"{self.vm_name}: QMP handshake failed: {exc}") from exc
 
     def command(self, name: str, arguments: Mapping[str, object] | None = None, timeout: float = 10.0) -> object:
+        return self.submit(name, arguments).wait(timeout)
+
+    def submit(self, name: str, arguments: Mapping[str, object] | None = None) -> QmpReply:
+        """Send a command now and take its answer later (`wait`), so the caller works meanwhile."""
         client = self._client
         if client is None:
             raise InfrastructureError(f"{self.vm_name}: QMP is not connected; cannot run {name}")
+        if self._loop.is_closed():
+            raise InfrastructureError(f"{self.vm_name}: QMP channel is closed; cannot {name}")
         self._write_log("send", {"execute": name, "arguments": arguments or {}})
 
         async def execute() -> object:
             return await client.execute(name, arguments)
 
-        try:
-            result = self._run(execute, timeout, name)
-        except ExecuteError as exc:
-            self._write_log("error", {"execute": name, "error": str(exc)})
-            raise QmpCommandError(name, exc.error_class, str(exc)) from exc
-        except QMPError as exc:
-            self._write_log("error", {"execute": name, "error": str(exc)})
-            raise InfrastructureError(f"{self.vm_name}: QMP {name} failed: {exc}") from exc
-        self._write_log("reply", {"execute": name, "return": result})
-        return result
+        return QmpReply(self, name, asyncio.run_coroutine_threadsafe(execute(), self._loop))
 
     def send_fd(self, name: str, fd: int, timeout: float = 10.0) -> None:
         """Hand QEMU an open file descriptor (SCM_RIGHTS on the QMP socket) and name it with `getfd`, so

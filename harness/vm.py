@@ -102,7 +102,7 @@ class Vm:
         self.memory_map: list[tuple[int, int, int]] = []
         self.boot_seconds: float | None = None
         # Host clock (time.monotonic) at each step of boot(): "launched" (QEMU started), "qmp" (its
-        # monitor answered), "resumed" (`cont`), "ready" (the agent's hello arrived).
+        # monitor answered), "resumed" (`cont` sent), "ready" (the agent's hello arrived).
         self.boot_clock: dict[str, float] = {}
         self.crash: BugCheck | GuestReset | None = None
         self.core_dumps = True  # an unexpected crash leaves an ELF core (harness.coredump)
@@ -121,17 +121,20 @@ class Vm:
         self.boot_clock = {"launched": machine.launched_at, "qmp": time.monotonic()}
         assert machine.console_socket is not None and machine.agent_socket is not None
         assert machine.qmp is not None
+        machine.qmp.on_event = self._on_qmp_event
+        # The guest boots while the harness sets up its side: the channels hold what it writes
+        # until their pumps start.
+        resumed = machine.resume() if machine.gdb_socket is None else None
+        self.boot_clock["resumed"] = time.monotonic()
         self._pumps = [Pump(machine.console_socket, f"{self.name}-console"),
                        Pump(machine.agent_socket, f"{self.name}-agent")]
         self._console = Console(self._pumps[0].read_fd, machine.console_log)
         self._agent = AgentClient(machine.agent_socket, self._pumps[1], machine.agent_log)
         self._monitor = QemuMonitor(machine.qmp, machine.scratch)
-        machine.qmp.on_event = self._on_qmp_event
-        if machine.gdb_socket is not None:
+        if resumed is not None:
+            resumed.wait(self.timeout)
+        elif machine.gdb_socket is not None:
             self.on_gdb_wait(machine.gdb_socket)  # the person resumes the VM from gdb
-        else:
-            machine.resume()
-        self.boot_clock["resumed"] = time.monotonic()
         try:
             self._console.expect(BOOT_COMPLETE, self.timeout)
             hello = self._agent.wait_notice("hello", self.timeout)

@@ -4,6 +4,7 @@
 
 struct cpu_features {
 	bool nx, pge, pat, smep, smap, pdpe1gb, la57, apic;
+	bool hypervisor; /* CPUID.1:ECX[31]: an emulated or virtual CPU */
 };
 
 extern struct cpu_features cpu; /* the BSP's; every AP must have the same */

@@ -16,6 +16,7 @@ extern unsigned paging_levels; /* 4 or 5, as the boot stub set up */
 struct pt_view {
 	bool live;        /* the tree CR3 points at: reached through the self-map, changes need INVLPG */
 	bool private;     /* live, and its VAs are this CPU's alone (a per-CPU window): flushes stay local */
+	bool no_physmap;  /* live boot tables building the physmap: new tables are reached by the self-map */
 	uint64_t root_pa; /* otherwise: its top-level table, reached through the physmap */
 };
 
@@ -23,6 +24,11 @@ struct pt_view {
 static inline struct pt_view pt_live(void)
 {
 	return (struct pt_view){.live = true};
+}
+
+static inline struct pt_view pt_live_without_physmap(void)
+{
+	return (struct pt_view){.live = true, .no_physmap = true};
 }
 
 static inline struct pt_view pt_live_private(void)
@@ -77,13 +83,14 @@ MUST_USE bool pt_prepare(const struct pt_view *view, uint64_t va, unsigned level
 /* Writes entry at level for va, creating missing tables above it; the slot must be empty. */
 MUST_USE struct tlb_flush pt_set(const struct pt_view *view, uint64_t va, unsigned level, uint64_t entry);
 /*
- * Maps `pages` 4 KiB pages from va, the i-th to first_entry + i * pa_step (0: all to one frame),
- * creating missing tables; every slot must be empty, so the token needs no flush. One walk per page
- * table, not per page: under nested KVM each guest instruction is dear. `changed` is false when no
- * frame was left for a table; the pages mapped until then stay mapped.
+ * Maps `count` pages of the given level (1: 4 KiB, 2: 2 MiB, 3: 1 GiB) from va, the i-th to
+ * first_entry + i * pa_step (0: all to one frame), creating missing tables; every slot must be
+ * empty, so the token needs no flush. One walk per table, not per page: under nested KVM each guest
+ * instruction is dear. `changed` is false when no frame was left for a table; the pages mapped
+ * until then stay mapped.
  */
-MUST_USE struct tlb_flush pt_set_range(const struct pt_view *view, uint64_t va, uint64_t pages, uint64_t first_entry,
-				       uint64_t pa_step);
+MUST_USE struct tlb_flush pt_set_range(const struct pt_view *view, uint64_t va, unsigned level, uint64_t count,
+				       uint64_t first_entry, uint64_t pa_step);
 /* Clears the leaf that maps va and returns its old value; va must be mapped. */
 /* Replaces the 4 KiB leaf that maps va with entry in one store, so a CPU reading va meanwhile sees
  * the old page or the new one, never a fault; va must be mapped. */

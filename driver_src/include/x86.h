@@ -18,6 +18,7 @@
 #define RFLAGS_IF BIT(9)
 
 /* CPUID feature bits, as bit numbers in the named leaf's register. */
+#define CPUID_1_ECX_HYPERVISOR 31
 #define CPUID_1_EDX_APIC 9
 #define CPUID_1_EDX_PGE 13
 #define CPUID_1_EDX_PAT 16

@@ -19,9 +19,9 @@ static void report_paging(void)
 {
 	kprintf("mmhil: paging: %u-level%s, self-map slot 0x%x, PTE_BASE 0x%016lx\n", paging_levels,
 		paging_levels == 5 ? " (LA57)" : "", SELFMAP_SLOT, SELFMAP_PTE_BASE(paging_levels));
-	kprintf("mmhil: cpu:%s%s%s%s%s%s%s%s\n", cpu.nx ? " nx" : "", cpu.pge ? " pge" : "", cpu.pat ? " pat" : "",
+	kprintf("mmhil: cpu:%s%s%s%s%s%s%s%s%s\n", cpu.nx ? " nx" : "", cpu.pge ? " pge" : "", cpu.pat ? " pat" : "",
 		cpu.smep ? " smep" : "", cpu.smap ? " smap" : "", cpu.pdpe1gb ? " pdpe1gb" : "",
-		cpu.la57 ? " la57" : "", cpu.apic ? " apic" : "");
+		cpu.la57 ? " la57" : "", cpu.apic ? " apic" : "", cpu.hypervisor ? " hypervisor" : "");
 }
 
 static void report_memory_map(void)

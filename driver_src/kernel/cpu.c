@@ -20,6 +20,7 @@ struct cpu_features cpu_features_read(void)
 		.pge = has(leaf1.edx, CPUID_1_EDX_PGE),
 		.pat = has(leaf1.edx, CPUID_1_EDX_PAT),
 		.apic = has(leaf1.edx, CPUID_1_EDX_APIC),
+		.hypervisor = has(leaf1.ecx, CPUID_1_ECX_HYPERVISOR),
 		.smep = has(leaf7.ebx, CPUID_7_EBX_SMEP),
 		.smap = has(leaf7.ebx, CPUID_7_EBX_SMAP),
 		.la57 = has(leaf7.ecx, CPUID_7_ECX_LA57),
@@ -36,7 +37,8 @@ void cpu_detect(void)
 bool cpu_features_equal(struct cpu_features a, struct cpu_features b)
 {
 	return a.nx == b.nx && a.pge == b.pge && a.pat == b.pat && a.smep == b.smep && a.smap == b.smap &&
-	       a.pdpe1gb == b.pdpe1gb && a.la57 == b.la57 && a.apic == b.apic;
+	       a.pdpe1gb == b.pdpe1gb && a.la57 == b.la57 && a.apic == b.apic &&
+	       a.hypervisor == b.hypervisor;
 }
 
 void cpu_enable_features(void)

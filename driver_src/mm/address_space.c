@@ -26,19 +26,24 @@ static void build_physmap(void)
 {
 	physmap_leaf_level = cpu.pdpe1gb ? 3 : 2;
 	uint64_t leaf = LEVEL_SIZE(physmap_leaf_level);
-	struct pt_view live = pt_live();
+	struct pt_view live = pt_live_without_physmap();
 	const struct ram_range *ram;
 	unsigned count = ram_ranges(&ram);
 	uint64_t mapped_end = 0;
 	for (unsigned i = 0; i < count; i++) {
 		uint64_t pa = (ram[i].first << PAGE_SHIFT) & ~(leaf - 1);
+		uint64_t end = ((ram[i].end << PAGE_SHIFT) + leaf - 1) & ~(leaf - 1);
 		if (pa < mapped_end)
 			pa = mapped_end;
-		for (; pa < ram[i].end << PAGE_SHIFT; pa += leaf)
-			map_or_stop(&live, PHYSMAP_BASE + pa, physmap_leaf_level,
-				    pte_kernel_leaf(pa, physmap_leaf_level, PROT_READ_WRITE));
-		if (pa > mapped_end)
-			mapped_end = pa;
+		if (pa >= end)
+			continue;
+		struct tlb_flush flush = pt_set_range(&live, PHYSMAP_BASE + pa, physmap_leaf_level, (end - pa) / leaf,
+						      pte_kernel_leaf(pa, physmap_leaf_level, PROT_READ_WRITE), leaf);
+		bool mapped = flush.changed;
+		tlb_flush_not_needed(flush); /* empty slots: no CPU caches a non-present translation */
+		if (!mapped) /* carving bugchecks before it runs out */
+			KeBugCheckEx(INSTALL_MORE_MEMORY, PHYSMAP_BASE + pa, physmap_leaf_level, end - pa, 0);
+		mapped_end = end;
 	}
 	physmap_size = mapped_end;
 	if (physmap_size > PHYSMAP_LIMIT - PHYSMAP_BASE) {
@@ -50,7 +55,7 @@ static void build_physmap(void)
 static void map_image_section(const struct pt_view *tree, char *start, char *end, enum protection protection)
 {
 	uint64_t pages = (uint64_t)(end - start) >> PAGE_SHIFT;
-	struct tlb_flush flush = pt_set_range(tree, (uint64_t)start, pages,
+	struct tlb_flush flush = pt_set_range(tree, (uint64_t)start, 1, pages,
 					      pte_kernel_leaf(image_virt_to_phys(start), 1, protection), PAGE_SIZE);
 	bool mapped = flush.changed;
 	tlb_flush_not_needed(flush); /* a tree not yet in CR3 */

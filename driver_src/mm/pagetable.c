@@ -55,22 +55,26 @@ static NORETURN void unexpected_entry(volatile uint64_t *slot, uint64_t entry)
 	KeBugCheckEx(MEMORY_MANAGEMENT, MM_CORRUPTED_PTE, (uint64_t)slot, entry, 0);
 }
 
-/* Installs a zeroed table under the empty slot at level; false when no frame is left. */
+/* Installs a zeroed table under the empty slot at level; false when no frame is left. The table is
+ * zeroed before the slot names it, so no walk (another CPU's, a speculative one) reads the frame's
+ * old contents as entries, and a shadow MMU (nested KVM here) traps no store to a live table. Only
+ * while the physmap is being built must it be zeroed through the self-map, once linked. */
 static bool install_table(const struct pt_view *view, volatile uint64_t *slot, unsigned level, uint64_t va)
 {
 	pfn_t pfn = frame_alloc(PFN_PAGE_TABLE);
 	if (pfn == PFN_NONE)
 		return false;
 	uint64_t table_pa = pfn << PAGE_SHIFT;
+	if (!view->no_physmap)
+		memset(phys_to_virt(table_pa), 0, PAGE_SIZE);
 	*slot = pte_table(table_pa);
-	void *table = phys_to_virt(table_pa);
 	if (view->live) {
 		/* The new table appears in the self-map; no stale translation can exist, flush anyway. */
 		uint64_t table_va = selfmap_entry_address(level - 1, va) & ~PAGE_OFFSET_MASK;
 		invlpg(table_va);
-		table = (void *)table_va;
+		if (view->no_physmap)
+			memset((void *)table_va, 0, PAGE_SIZE);
 	}
-	memset(table, 0, PAGE_SIZE);
 	return true;
 }
 
@@ -117,25 +121,25 @@ struct tlb_flush pt_set(const struct pt_view *view, uint64_t va, unsigned level,
 	return (struct tlb_flush){.va = va, .changed = true, .live = view->live};
 }
 
-struct tlb_flush pt_set_range(const struct pt_view *view, uint64_t va, uint64_t pages, uint64_t first_entry,
-			      uint64_t pa_step)
+struct tlb_flush pt_set_range(const struct pt_view *view, uint64_t va, unsigned level, uint64_t count,
+			      uint64_t first_entry, uint64_t pa_step)
 {
 	struct tlb_flush token = {.va = va, .changed = false, .live = view->live};
 	uint64_t entry = first_entry;
-	while (pages) {
-		volatile uint64_t *slot = prepared_slot(view, va, 1);
+	while (count) {
+		volatile uint64_t *slot = prepared_slot(view, va, level);
 		if (!slot)
 			return token; /* what was mapped stays: its slots were empty, nothing to flush */
-		uint64_t run = PT_ENTRIES - LEVEL_INDEX(va, 1);
-		if (run > pages)
-			run = pages;
+		uint64_t run = PT_ENTRIES - LEVEL_INDEX(va, level);
+		if (run > count)
+			run = count;
 		for (uint64_t i = 0; i < run; i++, entry += pa_step) {
 			if (slot[i] & PTE_P)
 				unexpected_entry(&slot[i], slot[i]);
 			slot[i] = entry;
 		}
-		va += run * PAGE_SIZE;
-		pages -= run;
+		va += run * LEVEL_SIZE(level);
+		count -= run;
 	}
 	token.changed = true;
 	return token;

@@ -10,6 +10,7 @@ from harness.config import VmConfig, load_configs
 from harness.errors import QemuLaunchError
 from harness.machine import LaunchPlan, QemuMachine
 from harness.probe import probe_on
+from harness.qmp import QmpCommandError
 from harness.vm import Vm
 
 
@@ -69,3 +70,19 @@ def test_machine_without_guest_starts_paused_and_quits_cleanly(tmp_path: Path) -
     runtime = machine.runtime_dir
     assert machine.shutdown() == 0
     assert not machine.running and not runtime.exists()
+
+
+def test_a_submitted_command_is_answered_later_and_a_refusal_names_the_command(tmp_path: Path) -> None:
+    machine = QemuMachine(load_configs()["default"], LaunchPlan(None, "tcg", tmp_path, shared_ram=False))
+    machine.launch()
+    try:
+        assert machine.qmp is not None
+        refused = machine.qmp.submit("no-such-command")
+        status = machine.qmp.submit("query-status")
+        assert status.wait(5.0) == {"status": "prelaunch", "singlestep": False, "running": False}
+        with pytest.raises(QmpCommandError) as caught:
+            refused.wait(5.0)
+        assert caught.value.command == "no-such-command" and caught.value.error_class == "CommandNotFound"
+        assert '"error"' in machine.qmp_log.read_text() and "no-such-command" in machine.qmp_log.read_text()
+    finally:
+        machine.shutdown()
