@@ -89,30 +89,33 @@ class QmpChannel:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _answer(self, name: str, future: Future[object], timeout: float) -> object:
-        try:
-            result = future.result(timeout)
-        except FutureTimeout:
-            future.cancel()
-            raise InfrastructureError(f"{self.vm_name}: QMP {name} got no answer within {timeout:g} s") from None
-        except ExecuteError as exc:
-            self._write_log("error", {"execute": name, "error": str(exc)})
-            raise QmpCommandError(name, exc.error_class, str(exc)) from exc
-        except QMPError as exc:
-            self._write_log("error", {"execute": name, "error": str(exc)})
-            raise InfrastructureError(f"{self.vm_name}: QMP {name} failed: {exc}") from exc
-        self._write_log("reply", {"execute": name, "return": result})
-        return result
-
-    def _run(self, make: Callable[[], Coroutine[Any, Any, T]], timeout: float, what: str) -> T:
+    def _schedule(self, make: Callable[[], Coroutine[Any, Any, T]], what: str) -> Future[T]:
         if self._loop.is_closed():
             raise InfrastructureError(f"{self.vm_name}: QMP channel is closed; cannot {what}")
-        future = asyncio.run_coroutine_threadsafe(make(), self._loop)
+        return asyncio.run_coroutine_threadsafe(make(), self._loop)
+
+    def _result(self, future: Future[T], timeout: float, what: str) -> T:
         try:
             return future.result(timeout)
         except FutureTimeout:
             future.cancel()
             raise InfrastructureError(f"{self.vm_name}: QMP {what} got no answer within {timeout:g} s") from None
+
+    def _run(self, make: Callable[[], Coroutine[Any, Any, T]], timeout: float, what: str) -> T:
+        return self._result(self._schedule(make, what), timeout, what)
+
+    def _answer(self, name: str, future: Future[object], timeout: float) -> object:
+        """A command's result, logged; QEMU's refusal and a broken channel as the harness's errors."""
+        try:
+            result = self._result(future, timeout, name)
+        except ExecuteError as exc:
+            self._write_log("error", {"execute": name, "error": str(exc)})
+            raise QmpCommandError(name, exc.error_class, str(exc)) from exc
+        except (QMPError, OSError) as exc:
+            self._write_log("error", {"execute": name, "error": str(exc)})
+            raise InfrastructureError(f"{self.vm_name}: QMP {name} failed: {exc}") from exc
+        self._write_log("reply", {"execute": name, "return": result})
+        return result
 
     def _write_log(self, direction: str, payload: object) -> None:
         line = json.dumps(payload, default=str, sort_keys=True)
@@ -161,14 +164,12 @@ class QmpChannel:
         client = self._client
         if client is None:
             raise InfrastructureError(f"{self.vm_name}: QMP is not connected; cannot run {name}")
-        if self._loop.is_closed():
-            raise InfrastructureError(f"{self.vm_name}: QMP channel is closed; cannot {name}")
         self._write_log("send", {"execute": name, "arguments": arguments or {}})
 
         async def execute() -> object:
             return await client.execute(name, arguments)
 
-        return QmpReply(self, name, asyncio.run_coroutine_threadsafe(execute(), self._loop))
+        return QmpReply(self, name, self._schedule(execute, name))
 
     def send_fd(self, name: str, fd: int, timeout: float = 10.0) -> None:
         """Hand QEMU an open file descriptor (SCM_RIGHTS on the QMP socket) and name it with `getfd`, so
@@ -183,15 +184,7 @@ class QmpChannel:
             client.send_fd_scm(fd)  # the descriptor rides on a byte of its own, ahead of the command
             return await client.execute("getfd", {"fdname": name})
 
-        try:
-            self._run(pass_fd, timeout, "getfd")
-        except ExecuteError as exc:
-            self._write_log("error", {"execute": "getfd", "error": str(exc)})
-            raise QmpCommandError("getfd", exc.error_class, str(exc)) from exc
-        except (QMPError, OSError) as exc:
-            self._write_log("error", {"execute": "getfd", "error": str(exc)})
-            raise InfrastructureError(f"{self.vm_name}: QMP getfd failed: {exc}") from exc
-        self._write_log("reply", {"execute": "getfd", "return": {}})
+        self._answer("getfd", self._schedule(pass_fd, "getfd"), timeout)
 
     @property
     def transport_socket(self) -> socket.socket | None:

@@ -231,16 +231,27 @@ static struct pfn_entry *pfn_writable(pfn_t pfn)
 	return &pfn_database[pfn];
 }
 
-static void transition(pfn_t pfn, enum pfn_state from, enum pfn_state to)
+/* pfn_writable() for a frame leaving `from`: a free frame's own page must not be given that frame. */
+static struct pfn_entry *writable_leaving(pfn_t pfn, enum pfn_state from)
 {
 	const struct being_taken taking = {pfn, being_taken};
 	if (from == PFN_FREE)
 		being_taken = &taking;
 	struct pfn_entry *e = pfn_writable(pfn);
 	being_taken = taking.outer;
+	return e;
+}
+
+static void set_state(struct pfn_entry *e, pfn_t pfn, enum pfn_state from, enum pfn_state to)
+{
 	if (e->state != from)
 		KeBugCheckEx(PFN_LIST_CORRUPT, PFN_CORRUPT_STATE, pfn, e->state, from);
 	e->state = to;
+}
+
+static void transition(pfn_t pfn, enum pfn_state from, enum pfn_state to)
+{
+	set_state(writable_leaving(pfn, from), pfn, from, to);
 	state_counts[from]--;
 	state_counts[to]++;
 }
@@ -415,15 +426,11 @@ static void transition_range(pfn_t first, pfn_t end, enum pfn_state from, enum p
 		pfn_t page_end = (pfn / ENTRIES_PER_DATABASE_PAGE + 1) * ENTRIES_PER_DATABASE_PAGE;
 		if (page_end > end)
 			page_end = end;
-		transition(pfn, from, to); /* the one that may give the page a frame of its own */
-		for (pfn_t next = pfn + 1; next < page_end; next++) {
-			struct pfn_entry *e = &pfn_database[next];
-			if (e->state != from)
-				KeBugCheckEx(PFN_LIST_CORRUPT, PFN_CORRUPT_STATE, next, e->state, from);
-			e->state = to;
-		}
-		state_counts[from] -= page_end - pfn - 1;
-		state_counts[to] += page_end - pfn - 1;
+		set_state(writable_leaving(pfn, from), pfn, from, to); /* may give the page a frame of its own */
+		for (pfn_t next = pfn + 1; next < page_end; next++)
+			set_state(&pfn_database[next], next, from, to);
+		state_counts[from] -= page_end - pfn;
+		state_counts[to] += page_end - pfn;
 		pfn = page_end;
 	}
 }
