@@ -51,14 +51,15 @@ def interleaved(reference: Callable[[], float], subject: Callable[[], float], ti
 
 
 def floor_run(config: VmConfig, accelerator: str) -> float:
-    """QEMU's own floor for this machine type: start paused, no guest, `quit`, exit."""
+    """QEMU's own floor for this machine: the whole life of the same machine, RAM backend included,
+    started paused with no guest and quit at once. boot_run times the same life with a boot in it."""
     with tempfile.TemporaryDirectory(prefix="mmhil-bench-") as scratch:
-        plan = LaunchPlan(kernel=None, accelerator=accelerator, artifacts=Path(scratch), shared_ram=False)
+        plan = LaunchPlan(kernel=None, accelerator=accelerator, artifacts=Path(scratch),
+                          shared_ram=config.ram_backend != "private")
         machine = QemuMachine(config, plan)
-        start = time.monotonic()
         machine.launch()
         machine.shutdown()
-        return time.monotonic() - start
+        return time.monotonic() - machine.launched_at
 
 
 def _guest_tsc_rate(vm: Vm) -> float:
@@ -77,36 +78,51 @@ def _guest_tsc_rate(vm: Vm) -> float:
 
 def boot_phases(vm: Vm) -> dict[str, float]:
     """Seconds of each step of a finished boot, on the host's clock: the host's own steps, the
-    firmware's, each guest phase (boot_phases.h) and, apart, the guest's console output."""
+    firmware's, each guest phase (boot_phases.h), the hello's way to the host and, apart, the
+    guest's console output."""
     answer = vm.request("boot_phases")
     stamps = [(name, int(tsc)) for name, tsc in (item.split(":") for item in str(answer["phases"]).split(","))]
     rate = _guest_tsc_rate(vm)
     clock = vm.boot_clock
     entry_tsc, hello_tsc = stamps[0][1], stamps[-1][1]
-    # The hello left the guest at hello_tsc and reached the host at "ready": the guest's clock, read
-    # back from there, places the boot stub's first instruction on the host's.
-    entry_at = clock["ready"] - (hello_tsc - entry_tsc) / rate
     phases = {
         "QEMU start (to QMP)": clock["qmp"] - clock["launched"],
         "host: cont sent": clock["resumed"] - clock["qmp"],
-        "firmware (to the boot stub)": entry_at - clock["resumed"],
     }
+    if vm.accelerator == "tcg":
+        # TCG's TSC counts host ticks only while the VM runs, from zero: the stub's stamp is the
+        # time since `cont`, and what the hello's stamp leaves of the host's wait is its way over.
+        phases["firmware (cont to the boot stub)"] = entry_tsc / rate
+        hello_to_host = (clock["ready"] - clock["resumed"]) - hello_tsc / rate
+    else:
+        # KVM's TSC ran before `cont`: the hello's arrival anchors the guest's clock instead, and
+        # the firmware's share and the hello's way over cannot be told apart.
+        phases["firmware, and the hello's way to the host"] = (clock["ready"] - clock["resumed"]
+                                                               - (hello_tsc - entry_tsc) / rate)
     for (_, earlier), (name, later) in itertools.pairwise(stamps):
         phases[f"guest {name}"] = (later - earlier) / rate
+    if vm.accelerator == "tcg":
+        phases["the hello over COM2 to the host's wait"] = hello_to_host
     phases["guest console output (within the above)"] = int(answer["console_ticks"]) / rate
     return phases
 
 
 def boot_run(config: VmConfig, kernel: KernelImage, accelerator: str, artifacts: Path,
              phases: list[dict[str, float]] | None = None) -> float:
-    """Start QEMU to the agent's hello: the time a test waits for a fresh VM. With `phases`, the
-    boot's steps (boot_phases) are appended to it."""
+    """The whole life of a VM that boots to the agent's hello and is shut down, as floor_run times
+    a paused one: the start and the exit are in both. With `phases`, the boot's steps (boot_phases)
+    and the shutdown are appended to it."""
     vm = Vm(config, kernel=kernel, accelerator=accelerator, artifacts=artifacts)
+    steps: dict[str, float] = {}
     try:
         vm.boot()
-        assert vm.boot_seconds is not None
         if phases is not None:
-            phases.append(boot_phases(vm))
-        return vm.boot_seconds
+            steps = boot_phases(vm)
     finally:
+        stopping = time.monotonic()
         vm.shutdown()
+        stopped = time.monotonic()
+    steps["shutdown (quit to exit)"] = stopped - stopping
+    if phases is not None:
+        phases.append(steps)
+    return stopped - vm.machine.launched_at - (stopping - vm.boot_clock["ready"])

@@ -186,9 +186,11 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
+    if args.boots < 3:
+        raise MmhilError("--boots must be at least 3 (a median and a spread need them)")
     kernel = build_kernel()
-    print(f"boot-to-agent-ready vs. QEMU's floor (`-M <machine> -S`, quit), {args.boots} runs each, QEMU "
-          f"{qemu_version()}")
+    print(f"a VM's whole life (start, boot to the agent's hello, shut down) vs. QEMU's floor (the same machine "
+          f"started with -S and quit at once), {args.boots} runs each, QEMU {qemu_version()}")
     print(f"{'config':14} {'accel':5} {'boot median':>12} {'floor median':>13} {'ratio':>6}  spread")
     with tempfile.TemporaryDirectory(prefix="mmhil-bench-") as scratch:
         for config in _configs(args):
@@ -234,6 +236,8 @@ def cmd_bench_suite(args: argparse.Namespace) -> int:
     """Wall time of the whole suite on one worker and on all, and the parallel efficiency.
 
     With --vm-host, the VMs run on those hosts and "all" is one worker per core of all of them."""
+    if args.runs < 1:
+        raise MmhilError("--runs must be at least 1")
     build_kernel()
     specs = _host_specs(args)
     extra = [f"--vm-config={c.name}" for c in _configs(args)] + [f"--vm-host={v}" for v in args.vm_host or []]
@@ -278,12 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser = sub.add_parser("bench", help="measurements, each beside its reference")
     bench_sub = bench_parser.add_subparsers(dest="bench", required=True)
     boot = with_configs(bench_sub.add_parser("boot", help="boot-to-agent-ready against QEMU's floor"))
-    boot.add_argument("--boots", type=int, default=10, help="runs per config (default 10)")
+    boot.add_argument("--boots", type=int, default=10, help="runs per config, at least 3 (default 10)")
     boot.add_argument("--phases", action="store_true",
                       help="also show where each boot's time goes: QEMU, firmware, each guest phase, console output")
     boot.set_defaults(func=cmd_bench_boot)
     suite = with_configs(bench_sub.add_parser("suite", help="suite wall time with -n 1 and -n auto"), accel=False)
-    suite.add_argument("--runs", type=int, default=1, help="runs per worker count (default 1)")
+    suite.add_argument("--runs", type=int, default=1, help="runs per worker count, at least 1 (default 1)")
     suite.add_argument("--vm-host", action="append", metavar="HOST",
                        help="run the VMs there (repeatable; docs/hosts.md); -n is then the hosts' cores together")
     suite.set_defaults(func=cmd_bench_suite)

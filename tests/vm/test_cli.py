@@ -101,3 +101,30 @@ def test_bench_matrix_prints_cases_per_second_per_paging_mode_beside_kvm_unit_te
     assert out.count("disagreements with the model over all runs: 0") == 2, out
     bad = subprocess.run([*MMHIL, "bench", "matrix", "--runs", "1"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "at least 3" in bad.stderr
+
+
+def test_bench_boot_splits_each_boot_beside_the_floor() -> None:
+    result = subprocess.run([*MMHIL, "bench", "boot", "--vm-config", "default", "--boots", "3", "--phases"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    row = re.search(r"^default\s+tcg\s+([\d.]+) ms\s+([\d.]+) ms\s+([\d.]+)  boot IQR", out, re.M)
+    assert row, out
+    boot, floor, ratio = (float(g) for g in row.groups())
+    assert abs(boot / floor - ratio) < 0.01, out
+    steps = {m.group(1).strip(): float(m.group(2))
+             for m in re.finditer(r"^ {15}(\S.*?)\s+(-?[\d.]+) ms  IQR", out, re.M)}
+    for name in ("QEMU start (to QMP)", "firmware (cont to the boot stub)", "guest long_mode", "guest cpu",
+                 "guest address_space", "guest pfn_database", "guest memory_manager", "guest hello",
+                 "the hello over COM2 to the host's wait", "guest console output (within the above)",
+                 "shutdown (quit to exit)"):
+        assert steps.get(name, 0) > 0, f"no positive step {name!r}:\n{out}"
+    # A boot is a QEMU start, its run and its shutdown: no step is longer than the whole.
+    assert max(steps.values()) < boot, out
+
+
+def test_bench_boot_and_suite_refuse_too_few_runs() -> None:
+    boot = subprocess.run([*MMHIL, "bench", "boot", "--boots", "2"], capture_output=True, text=True, timeout=120)
+    assert boot.returncode == 2 and "--boots must be at least 3" in boot.stderr
+    suite = subprocess.run([*MMHIL, "bench", "suite", "--runs", "0"], capture_output=True, text=True, timeout=120)
+    assert suite.returncode == 2 and "--runs must be at least 1" in suite.stderr
