@@ -38,8 +38,17 @@ from harness.pump import Pump
 
 MAX_FRAME_BYTES = 1 << 20
 # How long the host spins on a mailbox answer before it blocks and asks the agent to ring: longer
-# than almost every DDI takes, short enough that a slow one does not burn a core.
+# than almost every DDI takes, short enough that a slow one does not burn a core. A spin is free only
+# on an idle core: where pytest-xdist runs a worker per core, every worker's QEMU shares the cores
+# with the other workers, and a spin takes the core another worker's vCPU needs.
 SPIN_SECONDS = 0.002
+SHARED_CORES_SPIN_SECONDS = 0.0002
+
+
+def spin_seconds() -> float:
+    """The spin for this process: the short one when its pytest-xdist run has a worker per core."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return SHARED_CORES_SPIN_SECONDS if workers >= len(os.sched_getaffinity(0)) else SPIN_SECONDS
 # While spinning, how many polls of the mailbox between looks at COM2 (a `!bugcheck`, a spilled
 # answer) and at whether the agent halted before it saw the request.
 POLLS_PER_LOOK = 64
@@ -76,6 +85,7 @@ class AgentClient:
         self._read_fd = pump.read_fd
         self._caught_up = pump.caught_up
         self._buffer = bytearray()
+        self._spin_seconds = spin_seconds()
         self._ids = itertools.cycle(range(1, MAX_ID + 1))
         # Unbuffered and appended with one write per line: the transcript survives a SIGKILL whole.
         self._transcript_fd = os.open(transcript_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -154,7 +164,7 @@ class AgentClient:
         mailbox = self.mailbox
         sequence = self._mailbox_sequence
         assert mailbox is not None and sequence is not None
-        spin_until = min(deadline, time.monotonic() + SPIN_SECONDS)
+        spin_until = min(deadline, time.monotonic() + self._spin_seconds)
         while True:
             for _ in range(POLLS_PER_LOOK):
                 if mailbox.answered(sequence):
