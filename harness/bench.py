@@ -54,8 +54,7 @@ def floor_run(config: VmConfig, accelerator: str) -> float:
     """QEMU's own floor for this machine: the whole life of the same machine, RAM backend included,
     started paused with no guest and quit at once. boot_run times the same life with a boot in it."""
     with tempfile.TemporaryDirectory(prefix="mmhil-bench-") as scratch:
-        plan = LaunchPlan(kernel=None, accelerator=accelerator, artifacts=Path(scratch),
-                          shared_ram=config.ram_backend != "private")
+        plan = LaunchPlan(kernel=None, accelerator=accelerator, artifacts=Path(scratch), shared_ram=config.shares_ram)
         machine = QemuMachine(config, plan)
         machine.launch()
         machine.shutdown()
@@ -85,24 +84,24 @@ def boot_phases(vm: Vm) -> dict[str, float]:
     rate = _guest_tsc_rate(vm)
     clock = vm.boot_clock
     entry_tsc, hello_tsc = stamps[0][1], stamps[-1][1]
+    waited = clock["ready"] - clock["resumed"]
+    guest = (hello_tsc - entry_tsc) / rate
+    if vm.accelerator == "tcg":
+        # TCG's TSC counts host ticks only while the VM runs, from zero: the stub's stamp is the
+        # time since `cont`, and what the guest and the firmware leave of the wait is the hello's way over.
+        firmware_step, firmware = "firmware (cont to the boot stub)", entry_tsc / rate
+    else:
+        # KVM's TSC ran before `cont`: the firmware's share and the hello's way over are one step.
+        firmware_step, firmware = "firmware, and the hello's way to the host", waited - guest
     phases = {
         "QEMU start (to QMP)": clock["qmp"] - clock["launched"],
         "host: cont sent": clock["resumed"] - clock["qmp"],
+        firmware_step: firmware,
     }
-    if vm.accelerator == "tcg":
-        # TCG's TSC counts host ticks only while the VM runs, from zero: the stub's stamp is the
-        # time since `cont`, and what the hello's stamp leaves of the host's wait is its way over.
-        phases["firmware (cont to the boot stub)"] = entry_tsc / rate
-        hello_to_host = (clock["ready"] - clock["resumed"]) - hello_tsc / rate
-    else:
-        # KVM's TSC ran before `cont`: the hello's arrival anchors the guest's clock instead, and
-        # the firmware's share and the hello's way over cannot be told apart.
-        phases["firmware, and the hello's way to the host"] = (clock["ready"] - clock["resumed"]
-                                                               - (hello_tsc - entry_tsc) / rate)
     for (_, earlier), (name, later) in itertools.pairwise(stamps):
         phases[f"guest {name}"] = (later - earlier) / rate
     if vm.accelerator == "tcg":
-        phases["the hello over COM2 to the host's wait"] = hello_to_host
+        phases["the hello over COM2 to the host's wait"] = waited - firmware - guest
     phases["guest console output (within the above)"] = int(answer["console_ticks"]) / rate
     return phases
 

@@ -71,6 +71,11 @@ class VmConfig:
     def memory_bytes(self) -> int:
         return self.memory_mib << 20
 
+    @property
+    def shares_ram(self) -> bool:
+        """Guest RAM lives in a file the host maps (auto and shared); private keeps it inside QEMU."""
+        return self.ram_backend != "private"
+
     def full_cmdline(self) -> str:
         return " ".join(filter(None, [f"paging={self.paging_levels}", self.kernel_cmdline]))
 

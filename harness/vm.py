@@ -87,7 +87,7 @@ class Vm:
         self.accelerator = accelerator
         self.artifacts = artifacts
         if shared_ram is None:
-            shared_ram = config.ram_backend != "private"
+            shared_ram = config.shares_ram
         plan = LaunchPlan(kernel=kernel.path, accelerator=accelerator, artifacts=artifacts,
                           shared_ram=shared_ram, gdb_socket=gdb_socket)
         self.machine = QemuMachine(config, plan, host=host)

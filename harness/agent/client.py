@@ -43,12 +43,6 @@ MAX_FRAME_BYTES = 1 << 20
 # with the other workers, and a spin takes the core another worker's vCPU needs.
 SPIN_SECONDS = 0.002
 SHARED_CORES_SPIN_SECONDS = 0.0002
-
-
-def spin_seconds() -> float:
-    """The spin for this process: the short one when its pytest-xdist run has a worker per core."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    return SHARED_CORES_SPIN_SECONDS if workers >= len(os.sched_getaffinity(0)) else SPIN_SECONDS
 # While spinning, how many polls of the mailbox between looks at COM2 (a `!bugcheck`, a spilled
 # answer) and at whether the agent halted before it saw the request.
 POLLS_PER_LOOK = 64
@@ -60,6 +54,12 @@ BLOCKED_RECHECK_SECONDS = 0.001
 CATCH_UP_SECONDS = 2.0
 
 Request = tuple[str, Sequence[int | bytes]]
+
+
+def spin_seconds() -> float:
+    """The spin for this process: the short one when its pytest-xdist run has a worker per core."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return SHARED_CORES_SPIN_SECONDS if workers >= len(os.sched_getaffinity(0)) else SPIN_SECONDS
 
 
 class ChannelClosed(MmhilError):
