@@ -21,6 +21,11 @@ static void set_pte_no_flush(const struct request *r)
 		frame_error(r->id, ERROR_BAD_ARGUMENT, "va must lie in the system-PTE region");
 		return;
 	}
+	struct pt_view live = pt_live();
+	if (pt_walk(&live, va).level != 1) {
+		frame_error(r->id, ERROR_BAD_ARGUMENT, "va's page table does not exist yet: reserve its system PTEs first");
+		return;
+	}
 	volatile uint64_t *slot = syspte_entry(va);
 	uint64_t old = *slot;
 	*slot = pte; /* no tlb_flush(), on purpose */

@@ -32,7 +32,8 @@
  *                      |   IST stacks; up to +0x11000                    |
  *   0xFFFFF98000000000 +------------------------------------------------+
  *                      | system PTEs: 22000 pages, 4 KiB only, tables    |
- *                      | built at boot; every mapping DDI maps here      |
+ *                      | linked at first reservation (syspte.h); every   |
+ *                      | mapping DDI maps here                           |
  *   0xFFFFFA8000000000 +------------------------------------------------+
  *                      | PFN database: 16 bytes per frame up to the      |
  *                      | highest RAM frame                               |

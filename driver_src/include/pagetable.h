@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include "compiler.h"
+#include "frames.h"
 #include "paging.h"
 
 extern unsigned paging_levels; /* 4 or 5, as the boot stub set up */
@@ -80,6 +81,10 @@ struct tlb_flush {
 
 /* Creates the tables above level for va, so that its level entry exists; false when no frame is left. */
 MUST_USE bool pt_prepare(const struct pt_view *view, uint64_t va, unsigned level);
+/* Installs table, a frame the caller set aside (zeroed here), under va's level entry, which must be
+ * empty. The tables above are created as pt_prepare does, but a missing frame for one bugchecks
+ * INSTALL_MORE_MEMORY: the caller prepared them at boot. */
+void pt_link_table(const struct pt_view *view, uint64_t va, unsigned level, pfn_t table);
 /* Writes entry at level for va, creating missing tables above it; the slot must be empty. */
 MUST_USE struct tlb_flush pt_set(const struct pt_view *view, uint64_t va, unsigned level, uint64_t entry);
 /*

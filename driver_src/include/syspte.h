@@ -1,7 +1,12 @@
 /*
- * The system PTE region (layout.h): SYSTEM_PTE_COUNT 4 KiB pages of VA whose page tables exist
- * from boot on, so mapping there never allocates and never meets a large page. One allocator
- * serves every mapping DDI (MDL mappings, reserved mappings, I/O space, DXGK views).
+ * The system PTE region (layout.h): SYSTEM_PTE_COUNT 4 KiB pages of VA, mapped by 4 KiB PTEs only.
+ * One allocator serves every mapping DDI (MDL mappings, reserved mappings, I/O space, DXGK views).
+ *
+ * [DECISION] The frames of the region's page tables are set aside at boot, and each table is zeroed
+ * and linked when a reservation first reaches its 2 MiB. So a reservation never fails and a mapping
+ * never allocates for want of a table, as if all were built at boot, yet boot zeroes none of them:
+ * under nested KVM, zeroing the 43 tables took 50 ms, most of the guest's boot. A page of the region
+ * that no reservation ever reached has no PTE at all (a walk stops at its PDE).
  *
  * [DECISION] A bitmap allocator stands in for ReactOS's PTE clusters (ddi-spec §2.3): it keeps its
  * state outside the PTEs, so reserved-mapping header PTEs cannot be mistaken for free-list links,
@@ -22,6 +27,9 @@
 #define SYSPTE_RELEASE_WRONG_COUNT 0x305    /* P4 the allocation's real size */
 #define SYSPTE_RELEASE_ALREADY_FREE 0x306   /* P4 0 */
 
+/* Before the PFN database exists, when frames cost least to take. */
+void syspte_set_aside_tables(void);
+/* Builds the tables above the region's page tables. */
 void syspte_init(void);
 /* count contiguous PTEs, all zero; returns the VA they map, or 0 when no run is free. */
 uint64_t syspte_reserve(uint64_t count);
@@ -32,6 +40,6 @@ uint64_t syspte_reserve(uint64_t count);
  */
 void syspte_release(uint64_t va, uint64_t count);
 bool syspte_contains(uint64_t va, uint64_t count);
-/* The PTE of a page of the region, through the self-map. */
+/* The PTE of a page of a reservation, through the self-map. */
 volatile uint64_t *syspte_entry(uint64_t va);
 uint64_t syspte_in_use(void);

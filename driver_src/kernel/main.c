@@ -74,6 +74,7 @@ void kernel_boot(uint32_t start_info_pa, uint32_t levels)
 	cpu_enable_features();
 	boot_phase_done(BOOT_CPU);
 	frames_bootstrap();
+	syspte_set_aside_tables();
 	boot_phase_done(BOOT_FRAMES);
 	address_space_switch(kernel_run);
 }

@@ -55,15 +55,12 @@ static NORETURN void unexpected_entry(volatile uint64_t *slot, uint64_t entry)
 	KeBugCheckEx(MEMORY_MANAGEMENT, MM_CORRUPTED_PTE, (uint64_t)slot, entry, 0);
 }
 
-/* Installs a zeroed table under the empty slot at level; false when no frame is left. The table is
- * zeroed before the slot names it, so no walk (another CPU's, a speculative one) reads the frame's
- * old contents as entries, and a shadow MMU (nested KVM here) traps no store to a live table. Only
+/* Installs frame pfn, zeroed, as the table under the empty slot at level. The table is zeroed
+ * before the slot names it, so no walk (another CPU's, a speculative one) reads the frame's old
+ * contents as entries, and a shadow MMU (nested KVM here) traps no store to a live table. Only
  * while the physmap is being built must it be zeroed through the self-map, once linked. */
-static bool install_table(const struct pt_view *view, volatile uint64_t *slot, unsigned level, uint64_t va)
+static void install_table(const struct pt_view *view, volatile uint64_t *slot, unsigned level, uint64_t va, pfn_t pfn)
 {
-	pfn_t pfn = frame_alloc(PFN_PAGE_TABLE);
-	if (pfn == PFN_NONE)
-		return false;
 	uint64_t table_pa = pfn << PAGE_SHIFT;
 	if (!view->no_physmap)
 		memset(phys_to_virt(table_pa), 0, PAGE_SIZE);
@@ -75,7 +72,6 @@ static bool install_table(const struct pt_view *view, volatile uint64_t *slot, u
 		if (view->no_physmap)
 			memset((void *)table_va, 0, PAGE_SIZE);
 	}
-	return true;
 }
 
 /* Two CPUs may need the same missing table at once: one installs it, the other then finds it. */
@@ -85,7 +81,13 @@ static bool install_missing_table(const struct pt_view *view, volatile uint64_t 
 {
 	KIRQL irql;
 	KeAcquireSpinLock(&table_creation_lock, &irql);
-	bool present = (*slot & PTE_P) || install_table(view, slot, level, va);
+	bool present = *slot & PTE_P;
+	if (!present) {
+		pfn_t pfn = frame_alloc(PFN_PAGE_TABLE);
+		present = pfn != PFN_NONE;
+		if (present)
+			install_table(view, slot, level, va, pfn);
+	}
 	KeReleaseSpinLock(&table_creation_lock, irql);
 	return present;
 }
@@ -108,6 +110,19 @@ static volatile uint64_t *prepared_slot(const struct pt_view *view, uint64_t va,
 bool pt_prepare(const struct pt_view *view, uint64_t va, unsigned level)
 {
 	return prepared_slot(view, va, level) != 0;
+}
+
+void pt_link_table(const struct pt_view *view, uint64_t va, unsigned level, pfn_t table)
+{
+	volatile uint64_t *slot = prepared_slot(view, va, level);
+	if (!slot)
+		KeBugCheckEx(INSTALL_MORE_MEMORY, va, level, 0, 0);
+	KIRQL irql;
+	KeAcquireSpinLock(&table_creation_lock, &irql);
+	if (*slot & PTE_P)
+		unexpected_entry(slot, *slot);
+	install_table(view, slot, level, va, table);
+	KeReleaseSpinLock(&table_creation_lock, irql);
 }
 
 struct tlb_flush pt_set(const struct pt_view *view, uint64_t va, unsigned level, uint64_t entry)

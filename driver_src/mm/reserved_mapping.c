@@ -33,14 +33,12 @@ static uint64_t encode_tag(ULONG tag)
 }
 
 /*
- * The 4 KiB PTE of va as the caller's address makes us look for it. Inside the system-PTE region
- * the tables always exist; elsewhere (a caller passing some other address) the walker reads it
- * without faulting, and anything that is not a 4 KiB PTE reads as 0, i.e. "no reservation here".
+ * The 4 KiB PTE of va as the caller's address makes us look for it. The walker reads it without
+ * faulting, also where no table exists (outside the system-PTE region, or in a part of it no
+ * reservation reached); anything that is not a 4 KiB PTE reads as 0, i.e. "no reservation here".
  */
 static uint64_t pte_of(uint64_t va)
 {
-	if (syspte_contains(va, 1))
-		return *syspte_entry(va);
 	struct pt_view live = pt_live();
 	struct pt_walk walk = pt_walk(&live, va);
 	return walk.level == 1 && walk.stop != PT_NON_CANONICAL ? walk.entry : 0;

@@ -7,8 +7,12 @@
 #define WORD_BITS 64
 #define WORDS ((SYSTEM_PTE_COUNT + WORD_BITS - 1) / WORD_BITS)
 
-/* The system-PTE lock: both bitmaps and the counts. */
+#define TABLES ((SYSTEM_PTE_COUNT + PT_ENTRIES - 1) / PT_ENTRIES)
+
+/* The system-PTE lock: the bitmaps and the counts. */
 static KSPIN_LOCK syspte_lock;
+static pfn_t table_frames[TABLES]; /* table k maps pages 512k..512k+511 */
+static uint64_t tables_linked[(TABLES + WORD_BITS - 1) / WORD_BITS];
 static uint64_t in_use[WORDS];
 static uint64_t starts[WORDS]; /* first page of each live allocation */
 static uint64_t pages_in_use, allocations;
@@ -31,12 +35,28 @@ static uint64_t index_of(uint64_t va)
 	return (va - SYSTEM_PTE_BASE) / PAGE_SIZE;
 }
 
+void syspte_set_aside_tables(void)
+{
+	for (uint64_t i = 0; i < TABLES; i++)
+		table_frames[i] = frame_alloc(PFN_PAGE_TABLE);
+}
+
 void syspte_init(void)
 {
 	struct pt_view live = pt_live();
-	for (uint64_t va = SYSTEM_PTE_BASE; va < SYSTEM_PTE_END; va += LEVEL_SIZE(2))
-		if (!pt_prepare(&live, va, 1))
-			KeBugCheckEx(INSTALL_MORE_MEMORY, va, 1, 0, 0);
+	if (!pt_prepare(&live, SYSTEM_PTE_BASE, 2))
+		KeBugCheckEx(INSTALL_MORE_MEMORY, SYSTEM_PTE_BASE, 2, 0, 0);
+}
+
+/* Links the tables of pages first..last that no reservation reached before (under the lock). */
+static void link_tables_locked(uint64_t first, uint64_t last)
+{
+	struct pt_view live = pt_live();
+	for (uint64_t table = first / PT_ENTRIES; table <= last / PT_ENTRIES; table++)
+		if (!test(tables_linked, table)) {
+			pt_link_table(&live, SYSTEM_PTE_BASE + table * LEVEL_SIZE(2), 2, table_frames[table]);
+			assign(tables_linked, table, true);
+		}
 }
 
 bool syspte_contains(uint64_t va, uint64_t count)
@@ -80,6 +100,8 @@ uint64_t syspte_reserve(uint64_t count)
 	KIRQL irql;
 	KeAcquireSpinLock(&syspte_lock, &irql);
 	uint64_t va = reserve_locked(count);
+	if (va)
+		link_tables_locked(index_of(va), index_of(va) + count - 1);
 	KeReleaseSpinLock(&syspte_lock, irql);
 	return va;
 }

@@ -13,7 +13,7 @@ HIGHEST_PHYSICAL = (1 << 52) - 1  # any frame (the spec writes ~0; a signed PHYS
 
 def raw_ptes(vm: Vm, va: int, count: int) -> list[int]:
     """The raw level-1 entries of `count` pages from `va`, read by the host's own walk of guest RAM
-    (present or not); the tables above must exist, as they always do in the system-PTE region."""
+    (present or not); the tables above must exist, as they do for every page a reservation reached."""
     with vm.verify.stopped() as w:
         out = []
         for i in range(count):

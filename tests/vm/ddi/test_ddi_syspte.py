@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from itertools import pairwise
 
+import pytest
 from _reserved import (
     PAGE,
     SYSTEM_PTE_BASE,
@@ -23,6 +24,8 @@ from _reserved import (
 from harness.ddi.mdl import read_mdl
 from harness.ddi.nt import MM_CACHED, SYSTEM_PTE_MISUSE
 from harness.ddi.reserved_mapping import size_pte, tag_pte
+from harness.errors import AgentError
+from harness.oracle.walker import StopReason
 from harness.testing import expect_stop
 from harness.vm import Vm
 
@@ -31,6 +34,7 @@ HEADER = 2
 RELEASE_MID_ALLOCATION = 0x304
 RELEASE_WRONG_COUNT = 0x305
 RELEASE_ALREADY_FREE = 0x306
+TABLE_SPAN = 512 * PAGE  # the VA one page table of the region maps
 
 
 def empty_region(vm: Vm) -> None:
@@ -59,6 +63,47 @@ def check_disjoint_and_headed(vm: Vm, made: list[tuple[int, int]]) -> None:
     for p, n in made:
         assert in_system_pte_region(p - HEADER * PAGE, n + HEADER)
         assert raw_ptes(vm, p - HEADER * PAGE, 2) == [size_pte(n), tag_pte(TAG)]
+
+
+def page_table_is_linked(vm: Vm, table: int) -> bool:
+    """Whether the region's page table `table` exists, from the host's walk of its first page."""
+    walk = vm.verify.walk(SYSTEM_PTE_BASE + table * TABLE_SPAN)
+    assert walk.stop is StopReason.NOT_PRESENT and walk.level in (1, 2), walk.describe()
+    return walk.level == 1
+
+
+def test_a_reservation_links_the_tables_it_reaches_without_taking_a_frame(fresh_vm: Vm) -> None:
+    """[DECISION] include/syspte.h: the region's page tables are set aside at boot and each is linked,
+    zeroed, when a reservation first reaches its 2 MiB; it stays linked after the release."""
+    vm = fresh_vm
+    empty_region(vm)
+    last = (SYSTEM_PTE_COUNT - 1) // 512
+    assert [page_table_is_linked(vm, t) for t in (0, 1, 2, last)] == [False] * 4, "boot links none"
+    free = vm.mm.frame_stats().free
+    pages = 512 + 16  # with the header, pages 0-529: tables 0 and 1
+    p = vm.mm.MmAllocateMappingAddress(pages * PAGE, TAG)
+    assert p == SYSTEM_PTE_BASE + HEADER * PAGE
+    assert vm.mm.frame_stats().free == free, "the tables' frames were taken at boot"
+    assert [page_table_is_linked(vm, t) for t in (0, 1, 2, last)] == [True, True, False, False]
+    assert raw_ptes(vm, p - HEADER * PAGE, 2) == [size_pte(pages), tag_pte(TAG)]
+    assert raw_ptes(vm, p, pages) == [0] * pages, "a linked table starts zeroed"
+    table_1 = vm.verify.walk(SYSTEM_PTE_BASE + TABLE_SPAN).step(1)
+    assert table_1 is not None
+    vm.mm.MmFreeMappingAddress(p, TAG)
+    again = vm.mm.MmAllocateMappingAddress(pages * PAGE, TAG)
+    assert again == p
+    kept = vm.verify.walk(SYSTEM_PTE_BASE + TABLE_SPAN).step(1)
+    assert kept is not None and kept.table_pa == table_1.table_pa, "the same table, kept"
+    assert vm.mm.frame_stats().free == free
+    vm.mm.MmFreeMappingAddress(again, TAG)
+
+
+def test_the_pte_hook_refuses_a_page_whose_table_no_reservation_linked(fresh_vm: Vm) -> None:
+    last = SYSTEM_PTE_BASE + (SYSTEM_PTE_COUNT - 1) * PAGE
+    with pytest.raises(AgentError) as caught:
+        fresh_vm.mm.test_hook_set_pte_no_flush(last, size_pte(1))
+    assert caught.value.kind == "bad-argument" and "reserve" in caught.value.message
+    assert not page_table_is_linked(fresh_vm, (SYSTEM_PTE_COUNT - 1) // 512), "and links nothing"
 
 
 def test_fragmentation_then_a_run_that_only_fits_after_coalescing(fresh_vm: Vm) -> None:
