@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import struct
 import sys
 import time
 from collections import Counter
@@ -33,6 +34,8 @@ from harness.errors import AgentError, BugCheck, MmhilError
 from harness.fuzz.model import (
     COUNTED,
     PAGE,
+    SYSTEM_PTE_BASE,
+    SYSTEM_PTE_COUNT,
     TAGS,
     Call,
     CopyCheck,
@@ -63,6 +66,7 @@ class CheckFailed(Exception):
 
 
 PFN_ENTRY_BYTES = 16  # struct pfn_entry (driver_src/mm/frames.c)
+SYSTEM_PTE_TABLES = -(-SYSTEM_PTE_COUNT // 512)  # driver_src/mm/syspte.c: TABLES
 
 
 def environment(vm: Vm) -> Environment:
@@ -80,33 +84,50 @@ def _writable_pages(snap: Snapshot, start: int, end: int) -> int:
                if r.va < end and r.va_end > start and r.attributes.writable)
 
 
+def _linked_system_pte_tables(vm: Vm) -> int:
+    """The system-PTE region's page tables linked so far: the present entries of its page directory,
+    whose first SYSTEM_PTE_TABLES entries map the region (it starts on a 1 GiB boundary)."""
+    directory = vm.verify.walk(SYSTEM_PTE_BASE).step(2)
+    if directory is None:
+        return 0
+    entries = struct.unpack(f"<{SYSTEM_PTE_TABLES}Q", vm.verify.memory.read(directory.table_pa, 8 * SYSTEM_PTE_TABLES))
+    return sum(entry & 1 for entry in entries)
+
+
 @dataclass
 class Ledger:
     """Free frames, and what the host's walk sees that may keep frames after everything is freed:
     page tables, small-pool pages (kept mapped once used), and PFN-database pages that got a frame of
     their own (the database starts as one read-only zero frame, and a page gets its own frame the
-    first time an entry in it is written; driver_src/mm/frames.c)."""
+    first time an entry in it is written; driver_src/mm/frames.c). The system-PTE region's page
+    tables are counted apart: their frames were set aside at boot (driver_src/include/syspte.h), so
+    linking one takes no free frame."""
 
     free: int
     tables: int
     pool_pages: int
     pfn_db_pages: int = 0
+    system_pte_tables: int = 0
 
     @classmethod
     def take(cls, vm: Vm, env: Environment) -> Ledger:
         snap: Snapshot = vm.verify.snapshot()
         pool = sum(r.clip(env.pool_base, env.pool_end).size // PAGE for r in snap.ranges
                    if r.va < env.pool_end and r.va_end > env.pool_base)
-        return cls(vm.mm.frame_stats().free, snap.tables_read, pool, _writable_pages(snap, *env.pfn_db))
+        return cls(vm.mm.frame_stats().free, snap.tables_read, pool, _writable_pages(snap, *env.pfn_db),
+                   _linked_system_pte_tables(vm))
 
     def kept_since(self, earlier: Ledger) -> int:
         """Frames kept by design since `earlier`: what the free count may have dropped by."""
-        return (self.tables - earlier.tables) + (self.pool_pages - earlier.pool_pages) + \
-            (self.pfn_db_pages - earlier.pfn_db_pages)
+        tables = (self.tables - earlier.tables) - (self.system_pte_tables - earlier.system_pte_tables)
+        return tables + (self.pool_pages - earlier.pool_pages) + (self.pfn_db_pages - earlier.pfn_db_pages)
 
     def describe_kept(self, earlier: Ledger) -> str:
-        return (f"{self.tables - earlier.tables} page tables, {self.pool_pages - earlier.pool_pages} small-pool "
-                f"pages, {self.pfn_db_pages - earlier.pfn_db_pages} PFN-database pages")
+        linked = self.system_pte_tables - earlier.system_pte_tables
+        tables = self.tables - earlier.tables - linked
+        return (f"{tables} page tables (and {linked} system-PTE tables from frames set aside at boot), "
+                f"{self.pool_pages - earlier.pool_pages} small-pool pages, "
+                f"{self.pfn_db_pages - earlier.pfn_db_pages} PFN-database pages")
 
 
 @dataclass
