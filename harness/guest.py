@@ -99,6 +99,10 @@ class AgentCommands(DdiFamily):
         values = self._call("frame_stats")
         return FrameStats(**{f.name: self._int(values, f.name) for f in fields(FrameStats)})
 
+    def quiet_ticks(self) -> int:
+        """The TSC ticks without work after which the agent halts, as it applies them now."""
+        return self._int(self._call("quiet_ticks"), "quiet_ticks")
+
     def outstanding(self) -> dict[str, int]:
         """What the kernel has handed out and not taken back, per kind (pool bytes per tag, system
         PTEs, MDLs, locked pages, ...), plus the current IRQL: the input of per-test leak checks."""

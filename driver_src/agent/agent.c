@@ -79,9 +79,15 @@ static void serve_com2_byte(uint8_t byte)
  * After QUIET_TICKS (~0.9 ms) without work the CPU halts until a COM2 byte, so an idle VM costs no
  * host CPU. Most gaps between a test's requests are the host's own Python work: spinning through
  * them took that core from the other xdist worker (at 2^24 ticks, ~7 ms, `-n 2` ran a third slower).
+ * A host whose cores are all taken by such workers asks for a shorter interval in the mailbox.
  */
 #define COM2_LOOK_TICKS BIT(17)
 #define QUIET_TICKS BIT(21)
+
+uint64_t agent_quiet_ticks(void)
+{
+	return mailbox_quiet_ticks(QUIET_TICKS);
+}
 
 static void halt_until_com2_byte(void)
 {
@@ -113,7 +119,7 @@ void agent_run(void)
 				continue;
 			}
 		}
-		if (now - last_work >= QUIET_TICKS) {
+		if (now - last_work >= agent_quiet_ticks()) {
 			halt_until_com2_byte();
 			last_work = rdtsc();
 			continue;

@@ -1,5 +1,6 @@
 /* The commands of docs/agent-protocol.md. Values arrive checked for count and type. */
 #include "address_space.h"
+#include "agent.h"
 #include "boot_phases.h"
 #include "bootinfo.h"
 #include "build_info.h"
@@ -42,6 +43,13 @@ static void hello(const struct request *r)
 {
 	frame_open_response(r->id);
 	hello_keys();
+	frame_close();
+}
+
+static void quiet_ticks(const struct request *r)
+{
+	frame_open_response(r->id);
+	frame_decimal("quiet_ticks", agent_quiet_ticks());
 	frame_close();
 }
 
@@ -233,6 +241,7 @@ static void outstanding(const struct request *r)
 
 AGENT_COMMAND("ping", "", "no values", ping);
 AGENT_COMMAND("hello", "", "no values", hello);
+AGENT_COMMAND("quiet_ticks", "", "no values", quiet_ticks);
 AGENT_COMMAND("boot_phases", "", "no values", boot_phases);
 AGENT_COMMAND("boot_report", "", "no values", boot_report);
 AGENT_COMMAND("kernel_info", "", "no values", kernel_info);

@@ -7,6 +7,7 @@
 #include "layout.h"
 #include "paging.h"
 #include "protocol.h"
+#include "smp.h"
 #include "uart.h"
 #include "x86.h"
 
@@ -28,11 +29,13 @@ struct mailbox {
 	volatile uint32_t response_length;   /* agent */
 	volatile uint32_t agent_state;       /* agent: halted means "ring me" */
 	volatile uint32_t host_state;        /* host: waiting means "ring me" */
-	uint8_t header_rest[PAGE_SIZE - 11 * sizeof(uint32_t)];
+	volatile uint32_t agent_quiet_us;    /* host: poll this long after the last work, then halt; 0: our own */
+	uint8_t header_rest[PAGE_SIZE - 12 * sizeof(uint32_t)];
 	char request[MAILBOX_REQUEST_CAPACITY];
 	char response[MAILBOX_RESPONSE_CAPACITY];
 };
 _Static_assert(__builtin_offsetof(struct mailbox, agent_state) == 0x24, "protocol offset");
+_Static_assert(__builtin_offsetof(struct mailbox, agent_quiet_us) == 0x2C, "protocol offset");
 _Static_assert(__builtin_offsetof(struct mailbox, request) == PAGE_SIZE, "request area on page 1");
 _Static_assert(__builtin_offsetof(struct mailbox, response) == PAGE_SIZE + MAILBOX_REQUEST_CAPACITY,
 	       "response area after the request area");
@@ -118,6 +121,12 @@ bool mailbox_agent_halting(void)
 		return true;
 	mailbox.agent_state = AGENT_POLLING;
 	return false;
+}
+
+uint64_t mailbox_quiet_ticks(uint64_t own)
+{
+	uint64_t asked = mailbox.agent_quiet_us * (TSC_ASSUMED_HZ / 1000000);
+	return asked && asked < own ? asked : own;
 }
 
 void mailbox_agent_polling(void)

@@ -1,11 +1,14 @@
 /* The agent: serves docs/agent-protocol.md on COM2. */
 #pragma once
+#include <stdint.h>
 #include "bugcheck.h"
 #include "compiler.h"
 
 void agent_init(void);
 /* Sends !hello, then answers requests forever. */
 NORETURN void agent_run(void);
+/* TSC ticks without work after which the agent halts (the host may ask for fewer: the mailbox). */
+uint64_t agent_quiet_ticks(void);
 void agent_send_bugcheck(const struct bugcheck *record);
 /* Ends a frame cut short, so the next frame starts on a line of its own. */
 void agent_abandon_frame(void);

@@ -47,6 +47,8 @@ void mailbox_end_request(void);
 /* The agent is about to halt: tells the host so, and false if a request arrived meanwhile. */
 bool mailbox_agent_halting(void);
 void mailbox_agent_polling(void);
+/* How long to poll without work before halting: own, or less when the host asks for less. */
+uint64_t mailbox_quiet_ticks(uint64_t own);
 
 /* value.c */
 enum value_type { VALUE_INTEGER, VALUE_BOOLEAN, VALUE_STRING, VALUE_BYTES };

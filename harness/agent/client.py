@@ -43,6 +43,10 @@ MAX_FRAME_BYTES = 1 << 20
 # with the other workers, and a spin takes the core another worker's vCPU needs.
 SPIN_SECONDS = 0.002
 SHARED_CORES_SPIN_SECONDS = 0.0002
+# For the same reason, where the cores are shared the agent is asked to halt after this long without
+# work instead of its own ~0.9 ms: most gaps between requests are the host's Python, and the agent's
+# polling through them takes a core from the other worker. 0 leaves the agent's own interval.
+SHARED_CORES_AGENT_QUIET_MICROSECONDS = 50
 # While spinning, how many polls of the mailbox between looks at COM2 (a `!bugcheck`, a spilled
 # answer) and at whether the agent halted before it saw the request.
 POLLS_PER_LOOK = 64
@@ -56,10 +60,20 @@ CATCH_UP_SECONDS = 2.0
 Request = tuple[str, Sequence[int | bytes]]
 
 
-def spin_seconds() -> float:
-    """The spin for this process: the short one when its pytest-xdist run has a worker per core."""
+def cores_are_shared() -> bool:
+    """This process's pytest-xdist run has a worker per core, so every core is some worker's."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    return SHARED_CORES_SPIN_SECONDS if workers >= len(os.sched_getaffinity(0)) else SPIN_SECONDS
+    return workers >= len(os.sched_getaffinity(0))
+
+
+def spin_seconds() -> float:
+    """The spin for this process: the short one where the cores are shared."""
+    return SHARED_CORES_SPIN_SECONDS if cores_are_shared() else SPIN_SECONDS
+
+
+def agent_quiet_microseconds() -> int:
+    """The quiet interval to ask of the agent: the short one where the cores are shared, else 0."""
+    return SHARED_CORES_AGENT_QUIET_MICROSECONDS if cores_are_shared() else 0
 
 
 class ChannelClosed(MmhilError):
@@ -104,6 +118,7 @@ class AgentClient:
         self._serial_line_open = False  # bytes sent on COM2 since its last newline
 
     def attach_mailbox(self, mailbox: Mailbox) -> None:
+        mailbox.ask_agent_quiet(agent_quiet_microseconds())
         self.mailbox = mailbox
 
     @property

@@ -24,8 +24,9 @@ REQUEST_AREA = 0x10000  # a batch of request lines, each at most MAX_REQUEST_BYT
 RESPONSE_OFFSET = HEADER_BYTES + REQUEST_AREA
 
 # magic, version, request_capacity, response_capacity, request_sequence, request_length,
-# response_limit, response_sequence, response_length, agent_state, host_state: u32 at offset 0.
-_HEADER = struct.Struct("<11I")
+# response_limit, response_sequence, response_length, agent_state, host_state, agent_quiet_us: u32
+# at offset 0.
+_HEADER = struct.Struct("<12I")
 _REQUEST_SEQUENCE = 4  # indexes of the u32 words
 _REQUEST_LENGTH = 5
 _RESPONSE_LIMIT = 6
@@ -33,6 +34,7 @@ _RESPONSE_SEQUENCE = 7
 _RESPONSE_LENGTH = 8
 _AGENT_STATE = 9
 _HOST_STATE = 10
+_AGENT_QUIET_US = 11
 
 AGENT_HALTED = 1  # agent_state: the agent halted and needs the COM2 doorbell
 HOST_POLLING, HOST_WAITING = 0, 1  # host_state: waiting means "ring me when the answers are in"
@@ -103,6 +105,13 @@ class Mailbox:
     @property
     def agent_halted(self) -> bool:
         return self._words[_AGENT_STATE] == AGENT_HALTED
+
+    def ask_agent_quiet(self, microseconds: int) -> None:
+        """Ask the agent to halt after this long without work (0: its own interval, ~0.9 ms); it
+        never polls longer than its own."""
+        if not 0 <= microseconds <= 0xFFFF_FFFF:
+            raise ValueError(f"a quiet interval of {microseconds} us does not fit the mailbox's u32")
+        self._words[_AGENT_QUIET_US] = microseconds
 
     def set_host_waiting(self, waiting: bool) -> None:
         self._words[_HOST_STATE] = HOST_WAITING if waiting else HOST_POLLING

@@ -7,11 +7,14 @@ from contextlib import contextmanager
 
 import pytest
 
+from harness.agent.client import agent_quiet_microseconds
 from harness.agent.codec import MAX_REQUEST_BYTES, PROTOCOL_VERSION, Response, decode_frame, encode_request
 from harness.agent.mailbox import RESPONSE_OFFSET, Mailbox
 from harness.vm import Vm
 
 SYNC_ID = 4_000_000_000
+AGENT_QUIET_TICKS = 1 << 21  # driver_src/agent/agent.c: QUIET_TICKS
+TSC_ASSUMED_TICKS_PER_MICROSECOND = 2600  # driver_src/include/smp.h: TSC_ASSUMED_HZ
 
 
 def read_until_answer(vm: Vm, request_id: int) -> list[Response]:
@@ -105,6 +108,22 @@ def test_com2_and_the_mailbox_give_the_same_answers(vm: Vm) -> None:
     with com2_only(vm):
         through_com2 = [vm.request(*r) for r in requests]
     assert through_mailbox == through_com2
+
+
+def test_the_agent_halts_sooner_when_the_host_asks_but_never_later_than_its_own(vm: Vm) -> None:
+    mailbox = mailbox_or_skip(vm)
+    try:
+        for asked, ticks in [(0, AGENT_QUIET_TICKS), (50, 50 * TSC_ASSUMED_TICKS_PER_MICROSECOND),
+                             (1, TSC_ASSUMED_TICKS_PER_MICROSECOND), (10**6, AGENT_QUIET_TICKS),
+                             (0xFFFF_FFFF, AGENT_QUIET_TICKS)]:
+            mailbox.ask_agent_quiet(asked)
+            assert vm.mm.quiet_ticks() == ticks, f"asked for {asked} us"
+        mailbox.ask_agent_quiet(1)
+        assert [vm.request("ping") for _ in range(20)] == [{}] * 20, "an agent halting at once is woken each time"
+        with pytest.raises(ValueError, match="does not fit"):
+            mailbox.ask_agent_quiet(1 << 32)
+    finally:
+        mailbox.ask_agent_quiet(agent_quiet_microseconds())
 
 
 def test_an_answer_too_big_for_the_mailbox_arrives_whole_on_com2(vm: Vm) -> None:
