@@ -46,8 +46,8 @@ RESERVED_IDS = range(4_000_000_000, 4_000_001_000)
 # one letter per value, i integer, b bytes. tests/unit/test_fuzz_frames_model.py checks it against the
 # sources.
 AGENT_COMMANDS: dict[str, str] = {
-    "ping": "", "hello": "", "boot_phases": "", "boot_report": "", "kernel_info": "", "frame_stats": "",
-    "outstanding": "", "copy_pte_va": "", "KeGetCurrentIrql": "", "user_page_allocate": "",
+    "ping": "", "hello": "", "quiet_ticks": "", "boot_phases": "", "boot_report": "", "kernel_info": "",
+    "frame_stats": "", "outstanding": "", "copy_pte_va": "", "KeGetCurrentIrql": "", "user_page_allocate": "",
     "MmGetPhysicalAddress": "i", "MmIsAddressValid": "i", "MmGetVirtualForPhysical": "i",
     "read_va": "ii", "write_va": "ib", "KeRaiseIrql": "i", "KeLowerIrql": "i",
     "ExAllocatePoolWithTag": "iii", "ExAllocatePool2": "iii", "ExFreePoolWithTag": "ii", "ExFreePool": "i",
@@ -83,6 +83,7 @@ AGENT_COMMANDS: dict[str, str] = {
 HARMLESS_COMMANDS: dict[str, tuple[str, ...]] = {
     "ping": (),
     "hello": ("proto", "build", "paging", "mailbox"),
+    "quiet_ticks": ("quiet_ticks",),
     "boot_phases": ("phases", "tsc"),
     "kernel_info": ("levels", "cr3", "text_start"),
     "frame_stats": ("total", "free"),
