@@ -37,10 +37,6 @@ class Sample:
         return f"IQR {q1:.1f}-{q3:.1f} {unit}, min {low:.1f}, max {high:.1f}"
 
 
-def repeat(run: Callable[[], float], times: int) -> Sample:
-    return Sample(tuple(run() for _ in range(times)))
-
-
 def interleaved(reference: Callable[[], float], subject: Callable[[], float], times: int) -> tuple[Sample, Sample]:
     """Both, alternating, after one unmeasured run of each: load on the machine drifts over a run, and
     alternating puts both under the same drift (and the first run pays for cold caches)."""

@@ -245,8 +245,14 @@ def cmd_bench_suite(args: argparse.Namespace) -> int:
     where = ", ".join(f"{get_host(s).name} ({get_host(s).core_count()})" for s in specs) or "this machine"
     print(f"full suite wall time, {args.runs} run(s) each, {workers} cores on {where}; efficiency = T(-n 1) / "
           f"({workers} x T(-n {workers}))", flush=True)
-    serial = bench.repeat(partial(_suite_run, "1", extra), args.runs)
-    parallel = bench.repeat(partial(_suite_run, str(workers), extra), args.runs)
+    # Alternating puts both worker counts under the same drift of the machine's load over the hour.
+    counts = ("1", str(workers))
+    taken: tuple[list[float], list[float]] = ([], [])
+    for run in range(1, args.runs + 1):
+        for count, times in zip(counts, taken, strict=True):
+            times.append(_suite_run(count, extra))
+            print(f"run {run}: -n {count} {times[-1]:.1f} s", flush=True)
+    serial, parallel = (bench.Sample(tuple(times)) for times in taken)
     print(f"-n 1     median {serial.median:7.1f} s   {serial.spread('s')}")
     print(f"-n {workers:<5} median {parallel.median:7.1f} s   {parallel.spread('s')}")
     print(f"speed-up {serial.median / parallel.median:.2f}x, parallel efficiency "
