@@ -97,7 +97,7 @@ def boot_phases(vm: Vm) -> dict[str, float]:
     for (_, earlier), (name, later) in itertools.pairwise(stamps):
         phases[f"guest {name}"] = (later - earlier) / rate
     if vm.accelerator == "tcg":
-        phases["the hello over COM2 to the host's wait"] = waited - firmware - guest
+        phases[f"the hello over {vm.hello_channel} to the host's wait"] = waited - firmware - guest
     phases["guest console output (within the above)"] = int(answer["console_ticks"]) / rate
     return phases
 

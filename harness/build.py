@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,15 @@ KERNEL = BUILD_DIR / "mmhil-kernel.elf"
 BUILD_ID = BUILD_DIR / "mmhil-kernel.build-id"
 
 
+MAILBOX_NOTE = (b"mmhil", 1)  # owner and type of the note that holds the mailbox's physical address
+_PT_NOTE = 4
+
+
 @dataclass(frozen=True)
 class KernelImage:
     path: Path
     build_id: str
+    mailbox_address: int  # physical: where the agent's hello waits when the host asks for it there
 
 
 def build_kernel(timeout: float = 600.0) -> KernelImage:
@@ -47,4 +53,36 @@ def build_kernel(timeout: float = 600.0) -> KernelImage:
 def current_kernel() -> KernelImage:
     if not KERNEL.is_file() or not BUILD_ID.is_file():
         raise BuildError(f"no guest kernel at {KERNEL}: run `mmhil build`")
-    return KernelImage(KERNEL, BUILD_ID.read_text(encoding="ascii").strip())
+    mailbox = elf_note(KERNEL, *MAILBOX_NOTE)
+    if len(mailbox) != 8:
+        raise BuildError(f"{KERNEL} has no mailbox note ({MAILBOX_NOTE[0].decode()}, type {MAILBOX_NOTE[1]}): "
+                         "rebuild it with `mmhil build`")
+    return KernelImage(KERNEL, BUILD_ID.read_text(encoding="ascii").strip(), int.from_bytes(mailbox, "little"))
+
+
+def elf_note(path: Path, owner: bytes, note_type: int) -> bytes:
+    """The descriptor of the first note from `owner` of `note_type` in an ELF64's PT_NOTE segments,
+    or b"" if there is none."""
+    image = path.read_bytes()
+    if image[:5] != b"\x7fELF\x02":
+        raise BuildError(f"{path} is not an ELF64 image")
+    try:
+        return _find_note(image, owner, note_type)
+    except struct.error as exc:
+        raise BuildError(f"{path} is cut short: its program headers or notes run past its end") from exc
+
+
+def _find_note(image: bytes, owner: bytes, note_type: int) -> bytes:
+    phoff, = struct.unpack_from("<Q", image, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", image, 0x36)
+    for index in range(phnum):
+        p_type, _, offset, _, _, size = struct.unpack_from("<IIQQQQ", image, phoff + index * phentsize)
+        position, end = offset, min(offset + size, len(image))
+        while p_type == _PT_NOTE and position + 12 <= end:
+            name_size, descriptor_size, kind = struct.unpack_from("<III", image, position)
+            name_at = position + 12
+            descriptor_at = name_at + (name_size + 3) // 4 * 4
+            if image[name_at : name_at + name_size].rstrip(b"\0") == owner and kind == note_type:
+                return image[descriptor_at : descriptor_at + descriptor_size]
+            position = descriptor_at + (descriptor_size + 3) // 4 * 4
+    return b""

@@ -72,8 +72,9 @@ class LaunchPlan:
 
 
 def qemu_arguments(config: VmConfig, plan: LaunchPlan, *, qmp: str, console: str, agent: str,
-                   ram_path: str | None) -> list[str]:
-    """QEMU's arguments, with the three chardev backends given as chardev option strings."""
+                   ram_path: str | None, hello_in_mailbox: bool = False) -> list[str]:
+    """QEMU's arguments, with the three chardev backends given as chardev option strings.
+    `hello_in_mailbox`: this process maps guest RAM, and the agent is to say hello in its mailbox."""
     machine = config.machine + (",memory-backend=ram0" if ram_path else "")
     # Several vCPUs under TCG run one thread each (MTTCG), so each has a TLB of its own that runs
     # in parallel with the others': a missed TLB shootdown is then observable (docs/smp.md).
@@ -95,7 +96,8 @@ def qemu_arguments(config: VmConfig, plan: LaunchPlan, *, qmp: str, console: str
         "-device", "pvpanic",
     ]
     if plan.kernel is not None:
-        args += ["-kernel", str(plan.kernel), "-append", config.full_cmdline()]
+        cmdline = config.full_cmdline() + (" hello=mailbox" if hello_in_mailbox else "")
+        args += ["-kernel", str(plan.kernel), "-append", cmdline]
     if config.firmware == "qboot":
         args += ["-bios", QBOOT_ROM]
     if ram_path:

@@ -20,6 +20,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -99,6 +100,7 @@ class Vm:
         self._verifier: Verifier | None = None
         self._pumps: list[Pump] = []
         self.hello: dict[str, Value] = {}
+        self.hello_channel = ""  # where it came: "COM2", or "the mailbox" where this host maps guest RAM
         self.memory_map: list[tuple[int, int, int]] = []
         self.boot_seconds: float | None = None
         # Host clock (time.monotonic) at each step of boot(): "launched" (QEMU started), "qmp" (its
@@ -137,9 +139,10 @@ class Vm:
             self.on_gdb_wait(machine.gdb_socket)  # the person resumes the VM from gdb
         try:
             self._console.expect(BOOT_COMPLETE, self.timeout)
-            hello = self._agent.wait_notice("hello", self.timeout)
+            hello = self._agent.wait_hello(self._mailbox_opener(), self.timeout)
         except MmhilError as exc:
             raise self._verdict(exc, "the agent's hello") from exc
+        self.hello_channel = "COM2" if self._agent.mailbox is None else "the mailbox"
         self.boot_clock["ready"] = time.monotonic()
         self.boot_seconds = self.boot_clock["ready"] - machine.launched_at
         self._check_hello(hello)
@@ -168,6 +171,14 @@ class Vm:
         self.memory_map = parse_memory_map(mem) if isinstance(mem, str) else []
         self._attach_mailbox(hello.values.get("mailbox"))
 
+    def _mailbox_opener(self) -> Callable[[], Mailbox] | None:
+        """Where this host maps the guest's RAM, it asked for the hello in the mailbox (hello=mailbox),
+        which the kernel image's note locates."""
+        fd = self.machine.shared_ram_fd
+        if fd is None:
+            return None
+        return partial(Mailbox, fd, ram_layout(self.config), self.kernel.mailbox_address, PROTOCOL_VERSION)
+
     def _attach_mailbox(self, physical_address: Value | None) -> None:
         """Requests go through the agent's mailbox when this host maps the guest's RAM."""
         fd = self.machine.shared_ram_fd
@@ -175,7 +186,13 @@ class Vm:
             return
         if isinstance(physical_address, bool) or not isinstance(physical_address, int):
             raise ProtocolError(f"{self.name}: the agent's hello names no mailbox address: {self.hello!r}")
-        self._agent.attach_mailbox(Mailbox(fd, ram_layout(self.config), physical_address, PROTOCOL_VERSION))
+        attached = self._agent.mailbox
+        if attached is None:
+            self._agent.attach_mailbox(Mailbox(fd, ram_layout(self.config), physical_address, PROTOCOL_VERSION))
+        elif attached.physical_address != physical_address:
+            raise ProtocolError(f"{self.name}: the agent's hello puts its mailbox at {physical_address:#x}, but "
+                                f"the hello came from the one at {attached.physical_address:#x}, "
+                                f"which {self.kernel.path}'s note names")
 
     def shutdown(self) -> int | None:
         if self._verifier is not None:

@@ -1,6 +1,8 @@
 /* The agent loop: read a line, answer it with exactly one frame, never stop serving. */
 #include "agent.h"
+#include "bootinfo.h"
 #include "bugcodes.h"
+#include "console.h"
 #include "kstring.h"
 #include "pic.h"
 #include "protocol.h"
@@ -96,11 +98,32 @@ static void halt_until_com2_byte(void)
 	mailbox_agent_polling();
 }
 
+/* On COM2, or, when the host maps guest RAM and said so with hello=mailbox, as the mailbox's first
+ * answer: ~200 UART bytes then become one doorbell byte. */
+static bool hello_in_mailbox(void)
+{
+	const char *value;
+	size_t length;
+	if (!cmdline_value("hello", &value, &length) || (length == 4 && !memcmp(value, "com2", 4)))
+		return false;
+	if (length == 7 && !memcmp(value, "mailbox", 7))
+		return true;
+	kprintf("mmhil: hello=%.*s is not mailbox or com2: saying hello on COM2\n", (int)length, value);
+	return false;
+}
+
 void agent_run(void)
 {
+	bool in_mailbox = hello_in_mailbox();
+	if (in_mailbox)
+		mailbox_compose_hello();
+	else
+		mailbox_open(); /* before the hello: a host that has read it may map the mailbox at once */
 	frame_open_event("hello");
 	hello_keys();
 	frame_close();
+	if (in_mailbox)
+		mailbox_open();
 	uint64_t last_work = rdtsc(), last_com2_look = 0, last_com2_byte = 0;
 	for (;;) {
 		if (mailbox_request_pending()) {

@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include "compiler.h"
 
-#define PROTOCOL_VERSION 3
+#define PROTOCOL_VERSION 4
 #define REQUEST_MAX 16384 /* bytes per request, newline included */
 #define VALUES_MAX 8      /* the most any command takes */
 
@@ -32,6 +32,11 @@ bool line_in_progress(void);
 #define MAILBOX_RESPONSE_CAPACITY 0x40000u
 
 void mailbox_init(void);
+/* The hello goes into the response area (the host asked for it there) until mailbox_open(). */
+void mailbox_compose_hello(void);
+/* Writes the magic, last: the host may use the mailbox from then on. With the hello composed in it,
+ * publishes the hello and rings the host once. */
+void mailbox_open(void);
 uint64_t mailbox_physical_address(void);
 bool mailbox_request_pending(void);
 /* Takes the waiting request (one or more lines); false when it is longer than the request area (it

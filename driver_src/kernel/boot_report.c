@@ -61,6 +61,7 @@ static void report_layout(void)
 
 void boot_report_print(void)
 {
+	kprintf("mmhil: cmdline \"%s\"\n", boot_info.cmdline);
 	report_paging();
 	report_memory_map();
 	report_frames();

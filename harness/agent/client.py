@@ -4,10 +4,11 @@ Frames travel on COM2, or through the mailbox in guest RAM (harness.agent.mailbo
 is shared with the host. Through the mailbox, a request (or a batch of them) is posted in RAM and the
 host spins on the answer for a bounded time, while the agent polls for requests: a round trip then
 crosses no UART and wakes no thread. Each side that stops polling says so in the mailbox's header,
-and the other rings it with one byte on COM2. COM2 stays the channel of record: `!hello` and
-`!bugcheck` always come on it, raw sends (tests of bad input) go on it, answers too big for the
-mailbox come on it, and a request waits for COM2 to be quiet before it may use the mailbox, so the
-two can never interleave inside the agent.
+and the other rings it with one byte on COM2. COM2 stays the channel of record: `!bugcheck` always
+comes on it, raw sends (tests of bad input) go on it, answers too big for the mailbox come on it,
+and a request waits for COM2 to be quiet before it may use the mailbox, so the two can never
+interleave inside the agent. `!hello` comes on COM2 too, unless the host asked for it in the mailbox
+(hello=mailbox on the kernel's command line): COM2 then carries one doorbell byte instead of ~200.
 
 This layer knows frames, not VMs: it reports what happened on the wire through the exceptions below,
 and `harness.vm` turns them into BugCheck, QemuDiedError or GuestTimeout with the VM's context.
@@ -21,7 +22,7 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness.agent.codec import (
@@ -265,6 +266,37 @@ class AgentClient:
                 return frame
             if isinstance(frame, Response):
                 self.unmatched.append(frame)
+
+    def wait_hello(self, open_mailbox: Callable[[], Mailbox] | None, timeout: float) -> Notice:
+        """The agent's `!hello`. Given a way to open the mailbox (the host asked for the hello there),
+        it is the mailbox's first answer, announced by one doorbell byte on COM2, and the mailbox is
+        then attached. A hello on COM2 is taken too, and any frame before it is read as always: a
+        `!bugcheck` during boot raises AgentStopped."""
+        if open_mailbox is None:
+            return self.wait_notice("hello", timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._buffer[:1] == bytes((DOORBELL_RESPONSE,)):
+                del self._buffer[:1]
+                return self._take_mailbox_hello(open_mailbox())
+            if not self._buffer:
+                self._read_com2(deadline - time.monotonic())
+                continue
+            frame = self.read_frame(max(0.0, deadline - time.monotonic()))
+            if isinstance(frame, Notice) and frame.kind == "hello":
+                return frame
+            if isinstance(frame, Response):
+                self.unmatched.append(frame)
+
+    def _take_mailbox_hello(self, mailbox: Mailbox) -> Notice:
+        data = mailbox.take_hello()
+        self._log("< [mailbox]", data)
+        frame = decode_frame(data[:-1])
+        if not isinstance(frame, Notice) or frame.kind != "hello":
+            raise ProtocolError(f"the mailbox's first answer is not a hello: {data[:200]!r}")
+        self.notices.append(frame)
+        self.attach_mailbox(mailbox)
+        return frame
 
     # -- sending ----------------------------------------------------------------------------------
 

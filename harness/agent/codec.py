@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from harness.errors import ProtocolError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAX_REQUEST_BYTES = 16384
 MAX_ID = 0xFFFF_FFFF
 UNKNOWN_ID = "?"

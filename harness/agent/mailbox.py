@@ -3,7 +3,8 @@
 The host maps the mailbox's pages out of the shared RAM backend file and writes a request there (one
 line, or a batch of lines); the agent, which polls the mailbox while requests flow, answers in place.
 Neither side touches COM2 while both poll. An agent that was idle for a while halts and says so in
-the header; the host then rings it awake with one byte on COM2. A host that stops spinning says so,
+the header; the host then rings it awake with one byte on COM2. When the host asks for it, the
+agent's hello is the mailbox's first answer, published with the magic. A host that stops spinning says so,
 and the agent rings back with one byte when the answers are in. Without shared RAM (a private
 backend, a remote host) the client keeps to COM2.
 """
@@ -101,6 +102,16 @@ class Mailbox:
             raise ProtocolError(f"the agent's mailbox response claims {length} bytes; it holds "
                                 f"{self.response_capacity}")
         return bytes(self._map[RESPONSE_OFFSET : RESPONSE_OFFSET + length])
+
+    def take_hello(self) -> bytes:
+        """The `!hello` frame, newline included, that the agent put in the response area before it
+        wrote the magic (the host asked for it there)."""
+        length = self._words[_RESPONSE_LENGTH]
+        data = bytes(self._map[RESPONSE_OFFSET : RESPONSE_OFFSET + min(length, self.response_capacity)])
+        if length > self.response_capacity or data.count(b"\n") != 1 or not data.endswith(b"\n"):
+            raise ProtocolError(f"the mailbox at {self.physical_address:#x} holds no single frame as its hello: "
+                                f"{length} bytes, {data[:200]!r}")
+        return data
 
     @property
     def agent_halted(self) -> bool:

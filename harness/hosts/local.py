@@ -277,6 +277,7 @@ class LocalHost(VmHost):
             console=f"socket,fd={console_qemu.fileno()},logfile=/dev/fdset/{CONSOLE_LOG_FDSET},logappend=on",
             agent=f"socket,fd={agent_qemu.fileno()}",
             ram_path=None if ram_fd is None else f"/dev/fd/{ram_fd}",
+            hello_in_mailbox=ram_fd is not None,
         )
 
         def release() -> None:

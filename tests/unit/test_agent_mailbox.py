@@ -126,3 +126,19 @@ def test_a_mailbox_whose_areas_run_past_its_ram_region_is_refused(ram: int) -> N
     write_header(ram, at=near_end)
     with pytest.raises(ProtocolError, match="is not in RAM"):
         Mailbox(ram, LAYOUT, near_end, VERSION)
+
+
+def test_the_hello_is_taken_from_the_response_area_only_as_one_whole_frame(ram: int) -> None:
+    write_header(ram)
+    mailbox = Mailbox(ram, LAYOUT, MAILBOX_PA, VERSION)
+    hello = b'!hello proto=3 build="0123456789abcdef" paging=4\n'
+    guest_answers(ram, 0, hello)
+    assert mailbox.take_hello() == hello
+    for bad in (hello[:-1], hello + b"=1 ok\n", b""):
+        guest_answers(ram, 0, bad)
+        with pytest.raises(ProtocolError, match="no single frame as its hello"):
+            mailbox.take_hello()
+    os.pwrite(ram, struct.pack("<I", RESPONSE_CAPACITY + 1), LAYOUT.file_offset(MAILBOX_PA) + 32)
+    with pytest.raises(ProtocolError, match=f"{RESPONSE_CAPACITY + 1} bytes"):
+        mailbox.take_hello()
+    mailbox.close()

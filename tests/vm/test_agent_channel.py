@@ -4,12 +4,16 @@ agent survives anything on either: every bad frame gets an error and it keeps se
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from harness.agent.client import agent_quiet_microseconds
 from harness.agent.codec import MAX_REQUEST_BYTES, PROTOCOL_VERSION, Response, decode_frame, encode_request
 from harness.agent.mailbox import RESPONSE_OFFSET, Mailbox
+from harness.build import KernelImage
+from harness.config import load_configs
 from harness.vm import Vm
 
 SYNC_ID = 4_000_000_000
@@ -97,6 +101,39 @@ def test_the_answer_is_in_guest_ram_at_the_mailbox_as_qemu_reads_it(vm: Vm) -> N
     in_ram = vm.verify.monitor_memory.read(mailbox.physical_address + RESPONSE_OFFSET, 4096)
     assert decode_frame(in_ram[: in_ram.index(b"\n")]) == frame
     assert frame.values["pa"] == vm.qemu.gva2gpa(info.text_start)
+
+
+def test_where_the_host_maps_guest_ram_the_hello_comes_through_the_mailbox_the_image_names(vm: Vm) -> None:
+    mailbox_or_skip(vm)
+    assert vm.hello_channel == "the mailbox"
+    assert "hello=mailbox" in str(vm.hello["cmdline"]).split()
+    assert vm.hello["mailbox"] == vm.kernel.mailbox_address
+    first = vm.agent.transcript_path.read_text().splitlines()[0]
+    assert first.split(" ", 1)[1].startswith("< [mailbox] !hello proto="), first
+    # QEMU's own view of that address, read through the monitor: the mailbox's magic.
+    assert vm.verify.monitor_memory.read(vm.kernel.mailbox_address, 4) == b"MMBX"
+
+
+def test_without_shared_ram_the_hello_comes_on_com2_and_the_host_asks_for_no_mailbox(
+    mmhil_kernel: KernelImage, tmp_path: Path
+) -> None:
+    with Vm(load_configs()["default"], kernel=mmhil_kernel, accelerator="tcg", artifacts=tmp_path,
+            shared_ram=False) as vm:
+        assert vm.hello_channel == "COM2" and vm.agent.mailbox is None
+        assert "hello=" not in str(vm.hello["cmdline"])
+        assert vm.request("hello")["mailbox"] == mmhil_kernel.mailbox_address
+
+
+def test_an_unknown_hello_channel_is_named_on_the_console_and_the_hello_comes_on_com2(
+    mmhil_kernel: KernelImage, tmp_path: Path
+) -> None:
+    config = replace(load_configs()["default"], name="hello-loud", kernel_cmdline="hello=loud")
+    with Vm(config, kernel=mmhil_kernel, accelerator="tcg", artifacts=tmp_path) as vm:
+        assert vm.hello_channel == "COM2"
+        assert "mmhil: hello=loud is not mailbox or com2: saying hello on COM2" in vm.machine.console_log.read_text()
+        assert vm.agent.mailbox is not None, "the host still maps guest RAM: requests use the mailbox"
+        assert vm.request("hello")["proto"] == PROTOCOL_VERSION
+        assert vm.agent.transcript_path.read_text().count("< [mailbox] =") == 1
 
 
 def test_com2_and_the_mailbox_give_the_same_answers(vm: Vm) -> None:

@@ -116,7 +116,7 @@ def test_bench_boot_splits_each_boot_beside_the_floor() -> None:
              for m in re.finditer(r"^ {15}(\S.*?)\s+(-?[\d.]+) ms  IQR", out, re.M)}
     for name in ("QEMU start (to QMP)", "firmware (cont to the boot stub)", "guest long_mode", "guest cpu",
                  "guest address_space", "guest pfn_database", "guest memory_manager", "guest hello",
-                 "the hello over COM2 to the host's wait", "guest console output (within the above)",
+                 "the hello over the mailbox to the host's wait", "guest console output (within the above)",
                  "shutdown (quit to exit)"):
         assert steps.get(name, 0) > 0, f"no positive step {name!r}:\n{out}"
     # A boot is a QEMU start, its run and its shutdown: no step is longer than the whole.

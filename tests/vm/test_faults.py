@@ -255,7 +255,7 @@ def test_fault(vm):
     shown = gdb_batch(core, "print/x first_stop->code", "print/x first_stop->parameters[0]",
                       "print boot_info.cmdline")
     assert "$1 = 0x50" in shown and f"$2 = {UNMAPPED_SYSTEM_VA:#x}" in shown, shown
-    assert '$3 = "paging=4"' in shown, shown
+    assert '$3 = "paging=4 hello=mailbox"' in shown, shown
     run.assert_nothing_left()
     run.assert_next_passed_on_a_fresh_vm()
 
