@@ -77,8 +77,10 @@ def _find_note(image: bytes, owner: bytes, note_type: int) -> bytes:
     phentsize, phnum = struct.unpack_from("<HH", image, 0x36)
     for index in range(phnum):
         p_type, _, offset, _, _, size = struct.unpack_from("<IIQQQQ", image, phoff + index * phentsize)
+        if p_type != _PT_NOTE:
+            continue
         position, end = offset, min(offset + size, len(image))
-        while p_type == _PT_NOTE and position + 12 <= end:
+        while position + 12 <= end:
             name_size, descriptor_size, kind = struct.unpack_from("<III", image, position)
             name_at = position + 12
             descriptor_at = name_at + (name_size + 3) // 4 * 4

@@ -174,21 +174,24 @@ class Vm:
     def _mailbox_opener(self) -> Callable[[], Mailbox] | None:
         """Where this host maps the guest's RAM, it asked for the hello in the mailbox (hello=mailbox),
         which the kernel image's note locates."""
-        fd = self.machine.shared_ram_fd
-        if fd is None:
+        if self.machine.shared_ram_fd is None:
             return None
-        return partial(Mailbox, fd, ram_layout(self.config), self.kernel.mailbox_address, PROTOCOL_VERSION)
+        return partial(self._mailbox_at, self.kernel.mailbox_address)
+
+    def _mailbox_at(self, physical_address: int) -> Mailbox:
+        fd = self.machine.shared_ram_fd
+        assert fd is not None
+        return Mailbox(fd, ram_layout(self.config), physical_address, PROTOCOL_VERSION)
 
     def _attach_mailbox(self, physical_address: Value | None) -> None:
         """Requests go through the agent's mailbox when this host maps the guest's RAM."""
-        fd = self.machine.shared_ram_fd
-        if fd is None or self._agent is None:
+        if self.machine.shared_ram_fd is None or self._agent is None:
             return
         if isinstance(physical_address, bool) or not isinstance(physical_address, int):
             raise ProtocolError(f"{self.name}: the agent's hello names no mailbox address: {self.hello!r}")
         attached = self._agent.mailbox
         if attached is None:
-            self._agent.attach_mailbox(Mailbox(fd, ram_layout(self.config), physical_address, PROTOCOL_VERSION))
+            self._agent.attach_mailbox(self._mailbox_at(physical_address))
         elif attached.physical_address != physical_address:
             raise ProtocolError(f"{self.name}: the agent's hello puts its mailbox at {physical_address:#x}, but "
                                 f"the hello came from the one at {attached.physical_address:#x}, "

@@ -3,10 +3,10 @@
 The host maps the mailbox's pages out of the shared RAM backend file and writes a request there (one
 line, or a batch of lines); the agent, which polls the mailbox while requests flow, answers in place.
 Neither side touches COM2 while both poll. An agent that was idle for a while halts and says so in
-the header; the host then rings it awake with one byte on COM2. When the host asks for it, the
-agent's hello is the mailbox's first answer, published with the magic. A host that stops spinning says so,
-and the agent rings back with one byte when the answers are in. Without shared RAM (a private
-backend, a remote host) the client keeps to COM2.
+the header; the host then rings it awake with one byte on COM2. A host that stops spinning says so,
+and the agent rings back with one byte when the answers are in. When the host asks for it, the
+agent's hello is the mailbox's first answer, published with the magic. Without shared RAM (a
+private backend, a remote host) the client keeps to COM2.
 """
 
 from __future__ import annotations
