@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import re
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.build import KernelImage
@@ -46,11 +47,13 @@ def interleaved(reference: Callable[[], float], subject: Callable[[], float], ti
     return Sample(tuple(r for r, _ in pairs)), Sample(tuple(s for _, s in pairs))
 
 
-def floor_run(config: VmConfig, accelerator: str) -> float:
-    """QEMU's own floor for this machine: the whole life of the same machine, RAM backend included,
-    started paused with no guest and quit at once. boot_run times the same life with a boot in it."""
+def floor_run(config: VmConfig, kernel: KernelImage, accelerator: str) -> float:
+    """QEMU's own floor for this machine: the whole life of the same machine, RAM backend and firmware
+    ROM included, started paused with no guest and quit at once. boot_run times the same life with a
+    boot in it."""
     with tempfile.TemporaryDirectory(prefix="mmhil-bench-") as scratch:
-        plan = LaunchPlan(kernel=None, accelerator=accelerator, artifacts=Path(scratch), shared_ram=config.shares_ram)
+        plan = LaunchPlan(kernel=None, accelerator=accelerator, artifacts=Path(scratch), shared_ram=config.shares_ram,
+                          firmware=kernel.firmware_for(config))
         machine = QemuMachine(config, plan)
         machine.launch()
         machine.shutdown()
@@ -100,6 +103,43 @@ def boot_phases(vm: Vm) -> dict[str, float]:
         phases[f"the hello over {vm.hello_channel} to the host's wait"] = waited - firmware - guest
     phases["guest console output (within the above)"] = int(answer["console_ticks"]) / rate
     return phases
+
+
+IN_ASM_LOG = "in_asm.log"  # in QEMU's working directory, taken through its scratch files
+_TRANSLATED = re.compile(r"^0x([0-9a-f]+):", re.M)
+
+
+@dataclass(frozen=True)
+class Translation:
+    """What TCG translated during one boot, from QEMU's `-d in_asm` log, which lists blocks in the
+    order they were translated: each guest instruction counts once per block it was translated into."""
+
+    blocks: int
+    firmware_instructions: int  # before the first block at the kernel's PVH entry
+    kernel_instructions: int  # from there on: the boot stub, the kernel, the APs' trampoline
+
+
+def parse_in_asm(log: str, kernel_entry: int) -> Translation:
+    instructions = [int(match.group(1), 16) for match in _TRANSLATED.finditer(log)]
+    if kernel_entry not in instructions:
+        raise MmhilError(f"QEMU's in_asm log never reaches the kernel's entry at {kernel_entry:#x}: "
+                         f"{len(instructions)} instructions logged")
+    firmware = instructions.index(kernel_entry)
+    return Translation(len(re.findall(r"^IN:", log, re.M)), firmware, len(instructions) - firmware)
+
+
+def translation_run(config: VmConfig, kernel: KernelImage, artifacts: Path) -> Translation:
+    """One more boot under TCG, QEMU logging every block it translates (-d in_asm): how much guest code
+    the boot runs for the first time. Translation is most of a TCG boot's guest time; the log
+    slows this boot, so it is apart from the timed ones."""
+    logged = replace(config, extra_args=(*config.extra_args, "-d", "in_asm", "-D", IN_ASM_LOG))
+    vm = Vm(logged, kernel=kernel, accelerator="tcg", artifacts=artifacts)
+    try:
+        vm.boot()
+        log = vm.machine.scratch.take(IN_ASM_LOG)
+    finally:
+        vm.shutdown()
+    return parse_in_asm(log.decode("ascii", errors="replace"), kernel.entry_address)
 
 
 def boot_run(config: VmConfig, kernel: KernelImage, accelerator: str, artifacts: Path,

@@ -1,4 +1,5 @@
-"""Building the guest kernel, once per machine even under pytest-xdist (a file lock serialises make)."""
+"""Building the guest kernel and its firmware, once per machine even under pytest-xdist (a file lock
+serialises make)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from harness.config import VmConfig
 from harness.errors import BuildError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -16,9 +18,12 @@ SOURCE_DIR = REPO_ROOT / "driver_src"
 BUILD_DIR = REPO_ROOT / "vm_images" / "build"
 KERNEL = BUILD_DIR / "mmhil-kernel.elf"
 BUILD_ID = BUILD_DIR / "mmhil-kernel.build-id"
+FIRMWARE = BUILD_DIR / "mmhil-firmware.bin"
+ROM_BYTES = 64 * 1024
 
 
 MAILBOX_NOTE = (b"mmhil", 1)  # owner and type of the note that holds the mailbox's physical address
+PVH_ENTRY_NOTE = (b"Xen", 18)  # XEN_ELFNOTE_PHYS32_ENTRY: the PVH entry's physical address, 32 bits
 _PT_NOTE = 4
 
 
@@ -27,6 +32,12 @@ class KernelImage:
     path: Path
     build_id: str
     mailbox_address: int  # physical: where the agent's hello waits when the host asks for it there
+    entry_address: int  # physical: the PVH entry, where the firmware hands over
+    firmware: Path  # the ROM built with it (driver_src/firmware), for configs with firmware = "mmhil"
+
+    def firmware_for(self, config: VmConfig) -> Path | None:
+        """The ROM QEMU loads as -bios for `config` from this build; None where the config's firmware is not ours."""
+        return self.firmware if config.firmware == "mmhil" else None
 
 
 def build_kernel(timeout: float = 600.0) -> KernelImage:
@@ -57,7 +68,13 @@ def current_kernel() -> KernelImage:
     if len(mailbox) != 8:
         raise BuildError(f"{KERNEL} has no mailbox note ({MAILBOX_NOTE[0].decode()}, type {MAILBOX_NOTE[1]}): "
                          "rebuild it with `mmhil build`")
-    return KernelImage(KERNEL, BUILD_ID.read_text(encoding="ascii").strip(), int.from_bytes(mailbox, "little"))
+    entry = elf_note(KERNEL, *PVH_ENTRY_NOTE)
+    if len(entry) != 4:
+        raise BuildError(f"{KERNEL} has no PVH entry note (Xen, type 18): QEMU could not boot it")
+    if not FIRMWARE.is_file() or FIRMWARE.stat().st_size != ROM_BYTES:
+        raise BuildError(f"no {ROM_BYTES // 1024} KiB firmware ROM at {FIRMWARE}: rebuild with `mmhil build`")
+    return KernelImage(KERNEL, BUILD_ID.read_text(encoding="ascii").strip(), int.from_bytes(mailbox, "little"),
+                       int.from_bytes(entry, "little"), FIRMWARE)
 
 
 def elf_note(path: Path, owner: bytes, note_type: int) -> bytes:

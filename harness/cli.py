@@ -200,7 +200,7 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
                 continue
             accel = result.accelerator
             phases: list[dict[str, float]] | None = [] if args.phases else None
-            floor, boots = bench.interleaved(partial(bench.floor_run, config, accel),
+            floor, boots = bench.interleaved(partial(bench.floor_run, config, kernel, accel),
                                              partial(bench.boot_run, config, kernel, accel,
                                                      Path(scratch) / config.name, phases), args.boots)
             print(f"{config.name:14} {accel:5} {boots.median * 1e3:9.1f} ms {floor.median * 1e3:10.1f} ms "
@@ -210,6 +210,12 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
                 for name in phases[0]:
                     step = bench.Sample(tuple(p[name] for p in phases))
                     print(f"{'':14} {name:42} {step.median * 1e3:8.2f} ms  {step.spread()}")
+            if phases and accel == "tcg":
+                code = bench.translation_run(config, kernel, Path(scratch) / f"{config.name}-in_asm")
+                print(f"{'':14} {'TCG translated (one more boot, -d in_asm)':42} "
+                      f"{code.firmware_instructions + code.kernel_instructions:,} guest instructions in "
+                      f"{code.blocks:,} blocks: firmware {code.firmware_instructions:,}, "
+                      f"kernel {code.kernel_instructions:,}")
     return 0
 
 

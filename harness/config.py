@@ -4,7 +4,8 @@ A file looks like this (every key but `machine` has a default)::
 
     description = "microvm, TCG, 4-level paging, 256 MiB"
     machine = "microvm"            # microvm | pc | q35
-    firmware = "default"           # default (the machine's own) | seabios | qboot
+    firmware = "default"           # default (the machine's own) | seabios | qboot | mmhil (ours,
+                                   # microvm only: driver_src/firmware)
     cpu = "max"                    # a QEMU -cpu model, with +feature/-feature if wanted
     cpu_features = ["nx"]          # QEMU feature names the tests need; 5-level paging adds "la57"
     paging_levels = 4              # 4 | 5
@@ -31,7 +32,7 @@ from harness.errors import ConfigError
 from harness.hosts.spec import parse_host_spec
 
 MACHINES = ("microvm", "pc", "q35")
-FIRMWARES = ("default", "seabios", "qboot")
+FIRMWARES = ("default", "seabios", "qboot", "mmhil")
 ACCELERATORS = ("tcg", "kvm", "auto")
 RAM_BACKENDS = ("auto", "shared", "private")
 MAX_SMP = 8  # the guest kernel's MAX_CPUS (driver_src/include/smp.h)
@@ -129,6 +130,9 @@ def parse_config(name: str, source: Path, data: dict[str, Any]) -> VmConfig:
     _check_choice(source, "ram_backend", data.get("ram_backend", "auto"), RAM_BACKENDS)
     if data.get("firmware") == "seabios" and data["machine"] == "microvm":
         raise ConfigError(source, "firmware", "microvm has no SeaBIOS; use 'default' (its built-in qboot)")
+    if data.get("firmware") == "mmhil" and data["machine"] != "microvm":
+        raise ConfigError(source, "firmware", f"the mmhil firmware boots microvm only, not {data['machine']} "
+                          "(it sets up no PCI or chipset): use 'default'")
     if data.get("paging_levels", 4) not in (4, 5):
         raise ConfigError(source, "paging_levels", f"must be 4 or 5; got {data['paging_levels']}")
     if not 1 <= data.get("smp", 1) <= MAX_SMP:

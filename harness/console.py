@@ -8,6 +8,7 @@ reach pexpect through a Pump (harness.pump), so an idle console never stalls the
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,23 +53,32 @@ class Console:
         self.log_path = log_path
         self._spawn = fdpexpect.fdspawn(read_fd, encoding="utf-8", codec_errors="replace", use_poll=True)
         self._bad = dict(BAD_PATTERNS)
+        self._allowed: dict[str, int] = {}  # appearances of a bad pattern that still end no wait
 
-    def forbid(self, name: str, pattern: str) -> None:
-        """Add a bad pattern, e.g. the boot banner once boot is over (seeing it again means a reset)."""
+    def forbid(self, name: str, pattern: str, allowed: int = 0) -> None:
+        """Add a bad pattern, which ends any wait from its (allowed + 1)-th appearance on: the boot
+        banner, allowed once, means a reset the second time, whether or not a wait saw the first."""
         self._bad[name] = pattern
+        self._allowed[name] = allowed
 
     def expect(self, pattern: str, timeout: float) -> Match:
         """Wait for a regular expression on the console; a bad pattern, EOF or timeout raises."""
+        deadline = time.monotonic() + timeout
         names = list(self._bad)
         choices: list[object] = [re.compile(pattern)]
         choices += [re.compile(self._bad[n]) for n in names]
         choices += [pexpect.EOF, pexpect.TIMEOUT]
-        index = self._spawn.expect(choices, timeout=timeout)
-        if index == 0:
-            match = self._spawn.match
-            return Match(match.group(0), match.groups())
-        if index <= len(names):
-            raise ConsoleBadPattern(names[index - 1], self._spawn.match.group(0))
+        while True:
+            index = self._spawn.expect(choices, timeout=max(0.0, deadline - time.monotonic()))
+            if index == 0:
+                match = self._spawn.match
+                return Match(match.group(0), match.groups())
+            if index > len(names):
+                break
+            name = names[index - 1]
+            if not self._allowed.get(name):
+                raise ConsoleBadPattern(name, self._spawn.match.group(0))
+            self._allowed[name] -= 1
         if choices[index] is pexpect.EOF:
             raise ConsoleClosed("console closed")
         raise ConsoleTimeout(f"no {pattern!r} on the console within {timeout:g} s")

@@ -98,6 +98,18 @@ class QemuDiedError(InfrastructureError):
         )
 
 
+class FirmwareError(InfrastructureError):
+    """The mmhil firmware (driver_src/firmware) stopped the VM before the kernel ran: its line on the
+    console names what it lacked."""
+
+    def __init__(self, vm: str, reason: str, console_tail: str) -> None:
+        self.vm = vm
+        self.reason = reason
+        self.console_tail = console_tail
+        super().__init__(f"{vm}: the mmhil firmware could not boot the kernel: {reason}\n"
+                         f"console tail:\n{console_tail.rstrip() or '(empty)'}")
+
+
 class ProtocolError(InfrastructureError):
     pass
 

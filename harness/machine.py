@@ -7,7 +7,8 @@ Lifecycle (modelled on QEMUMachine):
     resume()   sends `cont` (its answer is taken later): the channels hold the guest's output until
                the harness reads them.
     shutdown() QMP `quit`, wait, SIGKILL, wait; then close every channel and let the host remove what
-               it made for the VM. Safe to call at any time, any number of times.
+               it made for the VM. Safe to call at any time, any number of times. request_quit()
+               sends the `quit` ahead, so the caller's own clean-up overlaps QEMU's exit.
 
 Hygiene is the host's part: on this machine QEMU runs under `setpriv --pdeathsig KILL`, its RAM file
 is unlinked before it starts and it has no socket files (harness.hosts.local); on a remote host a
@@ -45,12 +46,14 @@ CRASH_ACTIONS = "panic=pause,reboot=shutdown,shutdown=pause"
 # isa-debug-exit statuses (docs/agent-protocol.md).
 STATUS_POWERED_OFF = 1
 STATUS_BUGCHECK = 33
+STATUS_FIRMWARE_FAILED = 65
 
 __all__ = [
     "QEMU_BINARY",
     "RUNTIME_ROOT",
     "SHM_DIR",
     "STATUS_BUGCHECK",
+    "STATUS_FIRMWARE_FAILED",
     "STATUS_POWERED_OFF",
     "LaunchPlan",
     "QemuMachine",
@@ -68,6 +71,7 @@ class LaunchPlan:
     artifacts: Path  # per-VM directory for logs; kept after the VM ends
     shared_ram: bool
     gdb_socket: Path | None = None  # start with QEMU's gdbstub listening here
+    firmware: Path | None = None  # the -bios ROM for a config whose firmware is "mmhil" (KernelImage.firmware_for)
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -100,6 +104,11 @@ def qemu_arguments(config: VmConfig, plan: LaunchPlan, *, qmp: str, console: str
         args += ["-kernel", str(plan.kernel), "-append", cmdline]
     if config.firmware == "qboot":
         args += ["-bios", QBOOT_ROM]
+    elif config.firmware == "mmhil" and plan.firmware is not None:
+        args += ["-bios", str(plan.firmware)]
+    elif config.firmware == "mmhil" and plan.kernel is not None:
+        raise InfrastructureError(f"{config.name}: the config boots the mmhil firmware, but the launch names no "
+                                  "image of it (KernelImage.firmware_for)")
     if ram_path:
         args += ["-object",
                  f"memory-backend-file,id=ram0,size={config.memory_mib}M,mem-path={ram_path},share=on"]
@@ -146,6 +155,7 @@ class QemuMachine:
         self.agent_socket: socket.socket | None = None
         self.args: list[str] = []
         self.launched_at = 0.0
+        self._quit: QmpReply | None = None  # a `quit` already sent (request_quit)
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -287,12 +297,22 @@ class QemuMachine:
         if self.running and self._started is not None:
             self._started.process.send_signal(sig)
 
+    def request_quit(self) -> None:
+        """Send `quit` and return at once: shutdown() takes its answer. QEMU takes ~3 ms to exit, time
+        the caller can spend closing its own side."""
+        if self._quit is None and self.running and self.qmp is not None:
+            with contextlib.suppress(InfrastructureError):  # QMP is gone: shutdown() signals instead
+                self._quit = self.qmp.submit("quit")
+
     def shutdown(self, grace: float = 5.0) -> int | None:
         """quit, wait, kill; then release everything. Returns QEMU's exit status."""
         try:
             if self.running and self.qmp is not None:
                 try:
-                    self.qmp.command("quit", timeout=grace)
+                    if self._quit is None:
+                        self.qmp.command("quit", timeout=grace)
+                    else:
+                        self._quit.wait(grace)
                 except InfrastructureError:  # QMP is gone (or QEMU with it): only a signal is left
                     self.kill()
                 if self.wait_exit(grace) is None:

@@ -32,7 +32,8 @@ with the reason otherwise.
 
 Options: --vm-config NAME (repeatable; NAME may be group:G), --vm-accel tcg|kvm|auto, --vm-host,
 --vm-artifacts DIR, --shard I/N, --gdb. Markers:
-@pytest.mark.requires("la57", memory_gib=6, paging=5, accelerator="tcg", smp=2), @pytest.mark.remote.
+@pytest.mark.requires("la57", memory_gib=6, paging=5, accelerator="tcg", smp=2, firmware="mmhil"),
+@pytest.mark.remote.
 """
 
 from __future__ import annotations
@@ -202,8 +203,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: the test runs on a VM (set by mmhil for every VM test)")
     config.addinivalue_line(
         "markers",
-        "requires(*cpu_features, memory_gib=0, paging=None, accelerator=None, smp=1): run only on VM "
-        "configs that provide these",
+        "requires(*cpu_features, memory_gib=0, paging=None, accelerator=None, smp=1, firmware=None): run "
+        "only on VM configs that provide these",
     )
     config.addinivalue_line("markers", "remote: the test needs an SSH VM host among --vm-host (else skipped)")
     _shard(config)
@@ -245,6 +246,9 @@ def _unmet(vm_config: VmConfig, marker: pytest.Mark | None) -> str | None:
     smp = marker.kwargs.get("smp", 1)
     if vm_config.smp < smp:
         return f"needs {smp} vCPUs; config {vm_config.name} has {vm_config.smp}"
+    firmware = marker.kwargs.get("firmware")
+    if firmware is not None and vm_config.firmware != firmware:
+        return f"needs the {firmware} firmware; config {vm_config.name} boots {vm_config.firmware!r}"
     return None
 
 

@@ -1,5 +1,6 @@
 /* The agent loop: read a line, answer it with exactly one frame, never stop serving. */
 #include "agent.h"
+#include "boot_phases.h"
 #include "bootinfo.h"
 #include "bugcodes.h"
 #include "console.h"
@@ -124,6 +125,7 @@ void agent_run(void)
 	frame_close();
 	if (in_mailbox)
 		mailbox_open();
+	boot_phase_done(BOOT_HELLO);
 	uint64_t last_work = rdtsc(), last_com2_look = 0, last_com2_byte = 0;
 	for (;;) {
 		if (mailbox_request_pending()) {

@@ -7,12 +7,11 @@
  */
 #include "layout.h"
 #include "paging.h"
+#include "pvh_start_info.h"
 #include "x86.h"
 
 #define PHYS(sym) ((sym) - KERNEL_VIRT_OFFSET)
 #define XEN_ELFNOTE_PHYS32_ENTRY 18
-#define HVM_START_MAGIC 0x336ec578
-#define START_INFO_CMDLINE 24
 #define BOOT_TABLE (PTE_P | PTE_RW)
 
 	.section .note.Xen, "a", @note
@@ -119,9 +118,9 @@ cmdline_says_paging_4:
 	xor %eax, %eax
 	cmpl $HVM_START_MAGIC, (%ebp)
 	jne 9f
-	cmpl $0, START_INFO_CMDLINE+4(%ebp)
+	cmpl $0, HVM_START_INFO_CMDLINE+4(%ebp)
 	jne 9f
-	mov START_INFO_CMDLINE(%ebp), %edx
+	mov HVM_START_INFO_CMDLINE(%ebp), %edx
 	test %edx, %edx
 	jz 9f
 	mov $' ', %cl /* the byte before %edx: tokens start after a space */

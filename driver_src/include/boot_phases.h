@@ -15,7 +15,8 @@ enum boot_phase {
 	BOOT_PFN_DATABASE,
 	BOOT_MEMORY_MANAGER, /* pool, system PTEs, copy window */
 	BOOT_APS,           /* the other CPUs started (smp.c) */
-	BOOT_HELLO,         /* reports printed, agent about to say hello */
+	BOOT_BANNER,        /* the console's ready banner printed */
+	BOOT_HELLO,         /* the agent's hello sent: in the mailbox, its doorbell rung, or on COM2 */
 	BOOT_PHASE_COUNT,
 };
 

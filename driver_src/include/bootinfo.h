@@ -3,8 +3,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "pvh_start_info.h"
 
-#define E820_RAM 1
 #define MEMMAP_MAX 128
 #define CMDLINE_MAX 1024
 

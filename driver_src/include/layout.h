@@ -55,10 +55,12 @@
  *   ACCESS_PROBE_USER_CODE_VA; and in every other top-level slot one case's chain of entries.
  *
  *   Physical: the APs' real-mode start-up code is copied to AP_TRAMPOLINE_PA, a page of the
- *   firmware RAM below 1 MiB that the frame allocator never hands out (kernel/smp.c).
+ *   firmware RAM below 1 MiB that the frame allocator never hands out (kernel/smp.c); the map of
+ *   that RAM is in low_memory.h.
  */
 #pragma once
 #include "const.h"
+#include "low_memory.h" /* physical RAM below 1 MiB */
 
 /* The kernel is linked at KERNEL_VIRT_OFFSET + its load address, and loaded (PVH) at KERNEL_PHYS_BASE. */
 #define LOADER_MAPPINGS_BASE U64_C(0xFFFFF80000000000)
@@ -91,9 +93,6 @@
 #define HYPERSPACE_BASE U64_C(0xFFFFF70000000000)
 /* MmCopyMemory maps physical sources here, a page at a time: one window per CPU. */
 #define COPY_WINDOW_VA(k) (HYPERSPACE_BASE + (uint64_t)(k) * 0x1000)
-
-/* The APs' real-mode entry (SIPI vector AP_TRAMPOLINE_PA >> 12): page aligned, below 1 MiB. */
-#define AP_TRAMPOLINE_PA 0x8000
 
 #define SYSTEM_PTE_BASE U64_C(0xFFFFF98000000000)
 #define PFN_DATABASE_BASE U64_C(0xFFFFFA8000000000)

@@ -34,6 +34,7 @@
 #define COM2_IRQ 3                  /* its ISA IRQ (the harness: isa-serial irq=3) */
 #define DEBUG_EXIT_PORT 0xF4        /* isa-debug-exit: QEMU exits with status (value << 1) | 1 */
 #define DEBUG_EXIT_BUGCHECK 0x10    /* status 33: a bugcheck record precedes it */
+#define DEBUG_EXIT_FIRMWARE 0x20    /* status 65: the mmhil firmware could not boot; COM1 says why */
 #define PVPANIC_PORT 0x505          /* QEMU's ISA pvpanic device (absent: the write goes nowhere) */
 #define PVPANIC_PANICKED 0x01       /* the guest panicked: QEMU reports GUEST_PANICKED */
 
@@ -121,6 +122,11 @@ static inline uint8_t inb(uint16_t port)
 static inline void outb(uint16_t port, uint8_t v)
 {
 	asm volatile("outb %0, %1" ::"a"(v), "Nd"(port));
+}
+
+static inline void outw(uint16_t port, uint16_t v)
+{
+	asm volatile("outw %0, %1" ::"a"(v), "Nd"(port));
 }
 
 static inline void outl(uint16_t port, uint32_t v)

@@ -13,6 +13,7 @@ static const char *const names[BOOT_PHASE_COUNT] = {
 	[BOOT_PFN_DATABASE] = "pfn_database",
 	[BOOT_MEMORY_MANAGER] = "memory_manager",
 	[BOOT_APS] = "aps",
+	[BOOT_BANNER] = "banner",
 	[BOOT_HELLO] = "hello",
 };
 

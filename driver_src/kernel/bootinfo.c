@@ -5,21 +5,7 @@
 #include "ntddk.h"
 #include "paging.h"
 
-#define HVM_START_MAGIC 0x336ec578
 #define BOOT_MAP_LIMIT LEVEL_SIZE(3) /* the boot stub identity-maps the first 1 GiB */
-
-/* xen/include/public/arch-x86/hvm/start_info.h */
-struct hvm_start_info {
-	uint32_t magic, version, flags, nr_modules;
-	uint64_t modlist_paddr, cmdline_paddr, rsdp_paddr;
-	uint64_t memmap_paddr; /* version >= 1 */
-	uint32_t memmap_entries, reserved;
-};
-
-struct hvm_memmap_table_entry {
-	uint64_t addr, size;
-	uint32_t type, reserved;
-};
 
 struct boot_info boot_info;
 

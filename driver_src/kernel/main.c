@@ -52,7 +52,7 @@ static NORETURN void kernel_run(void)
 	smp_start_aps();
 	boot_phase_done(BOOT_APS);
 	kprintf("mmhil: %lu MiB of RAM; agent ready\n", frame_stats().total >> 8);
-	boot_phase_done(BOOT_HELLO);
+	boot_phase_done(BOOT_BANNER);
 	agent_run();
 }
 

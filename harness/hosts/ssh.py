@@ -563,9 +563,11 @@ class SshHost(VmHost):
         if plan.gdb_socket is not None:
             raise InfrastructureError(f"{self.name}: --gdb needs QEMU on this machine (its socket would be remote)")
         runtime = remote_parent.RUNTIME_PLACEHOLDER
-        kernel = Path(self.upload(plan.kernel)) if plan.kernel is not None else None  # a path over there
+        # Paths over there.
+        kernel = Path(self.upload(plan.kernel)) if plan.kernel is not None else None
+        firmware = Path(self.upload(plan.firmware)) if plan.firmware is not None else None
         args = qemu_arguments(
-            config, replace(plan, kernel=kernel),
+            config, replace(plan, kernel=kernel, firmware=firmware),
             qmp=f"socket,path={runtime}/qmp.sock,server=on,wait=off",
             console=f"socket,path={runtime}/console.sock,server=on,wait=off",
             agent=f"socket,path={runtime}/agent.sock,server=on,wait=off",

@@ -44,6 +44,7 @@ def test_kernel_cmdline_is_appended_to_the_paging_choice() -> None:
         ({"extra_args": ["-s", 3]}, "extra_args", "list of non-empty strings"),
         ({"cpu": "max, +la57"}, "cpu", "without spaces"),
         ({"firmware": "seabios"}, "firmware", "microvm has no SeaBIOS"),
+        ({"machine": "q35", "firmware": "mmhil"}, "firmware", "boots microvm only, not q35"),
         ({"paging": 4}, "paging", "unknown field"),
     ],
 )
@@ -86,6 +87,8 @@ def test_shipped_configs_cover_the_matrix_the_project_promises() -> None:
     assert any(c.memory_mib > 4096 for c in configs.values())
     assert any(c.cpu.startswith("qemu64") and c.paging_levels == 4 for c in configs.values())
     assert any(c.machine == "q35" and c.firmware in ("default", "seabios") for c in configs.values())
+    assert all(c.firmware == "mmhil" for c in configs.values() if c.machine == "microvm"), \
+        "every microvm config boots the project's own firmware (qboot is covered by a test of its own)"
     assert any(c.accelerator == "kvm" for c in configs.values())
 
 

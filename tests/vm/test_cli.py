@@ -115,12 +115,17 @@ def test_bench_boot_splits_each_boot_beside_the_floor() -> None:
     steps = {m.group(1).strip(): float(m.group(2))
              for m in re.finditer(r"^ {15}(\S.*?)\s+(-?[\d.]+) ms  IQR", out, re.M)}
     for name in ("QEMU start (to QMP)", "firmware (cont to the boot stub)", "guest long_mode", "guest cpu",
-                 "guest address_space", "guest pfn_database", "guest memory_manager", "guest hello",
+                 "guest address_space", "guest pfn_database", "guest memory_manager", "guest banner", "guest hello",
                  "the hello over the mailbox to the host's wait", "guest console output (within the above)",
                  "shutdown (quit to exit)"):
         assert steps.get(name, 0) > 0, f"no positive step {name!r}:\n{out}"
     # A boot is a QEMU start, its run and its shutdown: no step is longer than the whole.
     assert max(steps.values()) < boot, out
+    code = re.search(r"TCG translated \(one more boot, -d in_asm\)\s+([\d,]+) guest instructions in ([\d,]+) "
+                     r"blocks: firmware ([\d,]+), kernel ([\d,]+)", out)
+    assert code, out
+    total, blocks, firmware, kernel = (int(g.replace(",", "")) for g in code.groups())
+    assert total == firmware + kernel and 0 < blocks < total and firmware > 0 and kernel > 0, out
 
 
 def test_bench_boot_and_suite_refuse_too_few_runs() -> None:
