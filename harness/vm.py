@@ -137,7 +137,13 @@ class Vm:
         self._agent = AgentClient(machine.agent_socket, self._pumps[1], machine.agent_log)
         self._monitor = QemuMonitor(machine.qmp, machine.scratch)
         if resumed is not None:
-            resumed.wait(self.timeout)
+            try:
+                resumed.wait(self.timeout)
+            except InfrastructureError as exc:
+                # A guest that ends QEMU at once (the firmware stopping) can beat `cont`'s answer out.
+                if machine.wait_exit(2.0) is None:
+                    raise
+                raise self._ended() from exc
         elif machine.gdb_socket is not None:
             self.on_gdb_wait(machine.gdb_socket)  # the person resumes the VM from gdb
         # The hello alone says the boot is over: waiting for the console's banner too, which the

@@ -122,10 +122,11 @@ void agent_run(void)
 		mailbox_open(); /* before the hello: a host that has read it may map the mailbox at once */
 	frame_open_event("hello");
 	hello_keys();
+	/* Before its last byte: the host cannot have the hello before this stamp, whoever runs first. */
+	boot_phase_done(BOOT_HELLO);
 	frame_close();
 	if (in_mailbox)
 		mailbox_open();
-	boot_phase_done(BOOT_HELLO);
 	uint64_t last_work = rdtsc(), last_com2_look = 0, last_com2_byte = 0;
 	for (;;) {
 		if (mailbox_request_pending()) {

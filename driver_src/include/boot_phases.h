@@ -16,7 +16,7 @@ enum boot_phase {
 	BOOT_MEMORY_MANAGER, /* pool, system PTEs, copy window */
 	BOOT_APS,           /* the other CPUs started (smp.c) */
 	BOOT_BANNER,        /* the console's ready banner printed */
-	BOOT_HELLO,         /* the agent's hello sent: in the mailbox, its doorbell rung, or on COM2 */
+	BOOT_HELLO,         /* the agent's hello composed: its doorbell, or its last COM2 bytes, are next */
 	BOOT_PHASE_COUNT,
 };
 
