@@ -419,10 +419,10 @@ class Vm:
             if notice is not None:
                 return self._crashed(bugcheck_record(notice))
         if status == STATUS_FIRMWARE_FAILED:
-            said = [line for line in self.console_tail().splitlines() if line.startswith(FIRMWARE_SAYS)]
+            tail = self.console_tail()
+            said = [line.removeprefix(FIRMWARE_SAYS) for line in tail.splitlines() if line.startswith(FIRMWARE_SAYS)]
             machine.shutdown(grace=1.0)
-            return FirmwareError(self.name, said[-1].removeprefix(FIRMWARE_SAYS) if said else
-                                 "it gave no reason on the console", self.console_tail())
+            return FirmwareError(self.name, said[-1] if said else "it gave no reason on the console", tail)
         died = QemuDiedError(self.name, status, machine.stderr_tail(), self.console_tail())
         machine.shutdown(grace=1.0)
         return died

@@ -11,7 +11,6 @@
 #include "x86.h"
 
 #define PHYS(sym) ((sym) - KERNEL_VIRT_OFFSET)
-#define XEN_ELFNOTE_PHYS32_ENTRY 18
 #define BOOT_TABLE (PTE_P | PTE_RW)
 
 	.section .note.Xen, "a", @note

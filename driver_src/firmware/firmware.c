@@ -16,23 +16,20 @@
 #include "fw_cfg.h"
 #include "low_memory.h"
 #include "pvh_start_info.h"
+#include "uart.h"
 #include "x86.h"
 
-#define UART_LSR 5            /* line status register, from the port's base */
-#define UART_LSR_THR_EMPTY 0x20
 #define LOADER_ALLOCATIONS_MAX 16
-#define MEMMAP_ENTRIES_MAX \
-	((0x1000 - sizeof(struct hvm_start_info)) / sizeof(struct hvm_memmap_table_entry))
+#define MEMMAP_ENTRIES_MAX                                                           \
+	((FIRMWARE_CMDLINE_PA - FIRMWARE_START_INFO_PA - sizeof(struct hvm_start_info)) / \
+	 sizeof(struct hvm_memmap_table_entry))
 
 NORETURN void firmware_main(void);
 
 static void console_write(const char *text)
 {
-	for (; *text; text++) {
-		while (!(inb(COM1_PORT + UART_LSR) & UART_LSR_THR_EMPTY))
-			;
-		outb(COM1_PORT, (uint8_t)*text);
-	}
+	for (; *text; text++)
+		uart_put(COM1_PORT, (uint8_t)*text);
 }
 
 static void console_hex(uint32_t value)
@@ -238,7 +235,7 @@ static struct allocation *allocated(struct acpi_tables *tables, const char *name
 	for (uint32_t i = 0; i < tables->count; i++)
 		if (name_is(tables->allocations[i].file->name, name))
 			return &tables->allocations[i];
-	stop("the ACPI loader refers to a file it did not allocate", 0, 0);
+	stop("the ACPI loader uses a file (or leaves out the RSDP) it did not allocate", 0, 0);
 }
 
 static void loader_allocate(struct acpi_tables *tables, struct file_directory directory,
@@ -318,10 +315,7 @@ static uint64_t load_acpi_tables(struct file_directory directory)
 			stop("the ACPI loader has a command the firmware does not implement", ": ", command->command);
 		}
 	}
-	for (uint32_t i = 0; i < tables.count; i++)
-		if (name_is(tables.allocations[i].file->name, "etc/acpi/rsdp"))
-			return (uint32_t)(uintptr_t)tables.allocations[i].address;
-	return 0;
+	return (uint32_t)(uintptr_t)allocated(&tables, "etc/acpi/rsdp")->address;
 }
 
 NORETURN void firmware_main(void)

@@ -31,7 +31,8 @@ protected_mode_start:
 	mov $FIRMWARE_STACK_TOP, %esp
 	call firmware_main /* enters the kernel, or stops the VM */
 
-	.section .rodata, "a", @progbits
+	/* Beside the code that loads it: only the linker script's symbol refers to it, which would not
+	 * keep a section of its own from --gc-sections. */
 	.balign 8
 gdt:
 	.quad 0

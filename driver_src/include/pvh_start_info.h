@@ -5,6 +5,7 @@
  */
 #pragma once
 
+#define XEN_ELFNOTE_PHYS32_ENTRY 18 /* the ELF note that names the kernel's PVH entry */
 #define HVM_START_MAGIC 0x336ec578
 #define HVM_START_INFO_CMDLINE 24 /* offset of cmdline_paddr, for the boot stub */
 /* The memory map's types are e820's. */
