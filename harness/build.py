@@ -16,7 +16,8 @@ from harness.errors import BuildError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIR = REPO_ROOT / "driver_src"
 BUILD_DIR = REPO_ROOT / "vm_images" / "build"
-KERNEL = BUILD_DIR / "mmhil-kernel.elf"
+KERNEL = BUILD_DIR / "mmhil-kernel.elf"  # with symbols and debug info: what gdb reads
+BOOT_IMAGE = BUILD_DIR / "mmhil-kernel.boot.elf"  # the same, stripped: what QEMU boots (driver_src/Makefile)
 BUILD_ID = BUILD_DIR / "mmhil-kernel.build-id"
 FIRMWARE = BUILD_DIR / "mmhil-firmware.bin"
 ROM_BYTES = 64 * 1024
@@ -29,11 +30,12 @@ _PT_NOTE = 4
 
 @dataclass(frozen=True)
 class KernelImage:
-    path: Path
+    path: Path  # what QEMU's -kernel loads: stripped, which starts a VM sooner
     build_id: str
     mailbox_address: int  # physical: where the agent's hello waits when the host asks for it there
     entry_address: int  # physical: the PVH entry, where the firmware hands over
     firmware: Path  # the ROM built with it (driver_src/firmware), for configs with firmware = "mmhil"
+    symbols: Path  # the same link with its symbols and debug info, for gdb and cores
 
     def firmware_for(self, config: VmConfig) -> Path | None:
         """The ROM QEMU loads as -bios for `config` from this build; None where the config's firmware is not ours."""
@@ -62,19 +64,20 @@ def build_kernel(timeout: float = 600.0) -> KernelImage:
 
 
 def current_kernel() -> KernelImage:
-    if not KERNEL.is_file() or not BUILD_ID.is_file():
-        raise BuildError(f"no guest kernel at {KERNEL}: run `mmhil build`")
-    mailbox = elf_note(KERNEL, *MAILBOX_NOTE)
+    for path in (KERNEL, BOOT_IMAGE, BUILD_ID):
+        if not path.is_file():
+            raise BuildError(f"no guest kernel build at {path}: run `mmhil build`")
+    mailbox = elf_note(BOOT_IMAGE, *MAILBOX_NOTE)
     if len(mailbox) != 8:
-        raise BuildError(f"{KERNEL} has no mailbox note ({MAILBOX_NOTE[0].decode()}, type {MAILBOX_NOTE[1]}): "
+        raise BuildError(f"{BOOT_IMAGE} has no mailbox note ({MAILBOX_NOTE[0].decode()}, type {MAILBOX_NOTE[1]}): "
                          "rebuild it with `mmhil build`")
-    entry = elf_note(KERNEL, *PVH_ENTRY_NOTE)
+    entry = elf_note(BOOT_IMAGE, *PVH_ENTRY_NOTE)
     if len(entry) != 4:
-        raise BuildError(f"{KERNEL} has no PVH entry note (Xen, type 18): QEMU could not boot it")
+        raise BuildError(f"{BOOT_IMAGE} has no PVH entry note (Xen, type 18): QEMU could not boot it")
     if not FIRMWARE.is_file() or FIRMWARE.stat().st_size != ROM_BYTES:
         raise BuildError(f"no {ROM_BYTES // 1024} KiB firmware ROM at {FIRMWARE}: rebuild with `mmhil build`")
-    return KernelImage(KERNEL, BUILD_ID.read_text(encoding="ascii").strip(), int.from_bytes(mailbox, "little"),
-                       int.from_bytes(entry, "little"), FIRMWARE)
+    return KernelImage(BOOT_IMAGE, BUILD_ID.read_text(encoding="ascii").strip(), int.from_bytes(mailbox, "little"),
+                       int.from_bytes(entry, "little"), FIRMWARE, KERNEL)
 
 
 def elf_note(path: Path, owner: bytes, note_type: int) -> bytes:

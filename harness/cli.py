@@ -75,7 +75,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     kernel = build_kernel()
-    print(f"{kernel.path} (build {kernel.build_id})")
+    print(f"{kernel.path} (build {kernel.build_id}); for gdb: {kernel.symbols}")
     return 0
 
 

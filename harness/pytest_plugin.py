@@ -598,7 +598,7 @@ def _repro_script(vm: Vm, core: CoreDump | None) -> str:
              "# `dump-guest-memory` takes a core, `cont` lets a bugcheck exit (status 33), `quit` ends it."]
     if core is not None and core.path is not None:
         notes.append(f"# {core.path.name} beside this script is the guest's memory at the failure; open it with:")
-        notes.append(f"#   gdb {vm.kernel.path} {core.path.name}")
+        notes.append(f"#   gdb {vm.kernel.symbols} {core.path.name}")
     return "\n".join([*lines[:comments], *notes, *lines[comments:]])
 
 
@@ -624,7 +624,7 @@ def _save_failure_artifacts(vm: Vm, item: pytest.Item, outcome: str | None,
     except OSError as exc:
         notes.append(f"the core could not be kept: {exc}")
     if core is not None:
-        notes.append(f"core: {core.path} ({core.note}); open it with: gdb {vm.kernel.path} {core.path}"
+        notes.append(f"core: {core.path} ({core.note}); open it with: gdb {vm.kernel.symbols} {core.path}"
                      if core.path is not None else core.note)
     try:
         repro = folder / "repro.sh"
@@ -699,7 +699,7 @@ class VmPool:
                 if not _disk_full(exc):
                     slot.bring_up_error = str(exc)
                 raise
-            vm.on_gdb_wait = partial(_tell_how_to_attach, self.kernel.path)
+            vm.on_gdb_wait = partial(_tell_how_to_attach, self.kernel.symbols)
             slot.vm = vm
             try:
                 vm.boot()
