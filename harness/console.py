@@ -17,7 +17,7 @@ from pexpect import fdpexpect
 
 from harness.errors import MmhilError
 
-BOOT_COMPLETE = r"mmhil: \d+ MiB of RAM; agent ready"
+BOOT_COMPLETE = r"mmhil: build \w+, \d-level paging, \d+ MiB of RAM; agent ready"
 
 # Seen on any wait, each of these ends it: the guest has stopped or started over.
 BAD_PATTERNS: dict[str, str] = {

@@ -113,7 +113,7 @@ static bool hello_in_mailbox(void)
 	return false;
 }
 
-void agent_run(void)
+void agent_say_hello(void)
 {
 	bool in_mailbox = hello_in_mailbox();
 	if (in_mailbox)
@@ -127,6 +127,10 @@ void agent_run(void)
 	frame_close();
 	if (in_mailbox)
 		mailbox_open();
+}
+
+void agent_serve(void)
+{
 	uint64_t last_work = rdtsc(), last_com2_look = 0, last_com2_byte = 0;
 	for (;;) {
 		if (mailbox_request_pending()) {

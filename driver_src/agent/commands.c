@@ -34,7 +34,12 @@ void hello_keys(void)
 	frame_string_open("mem");
 	for (unsigned i = 0; i < boot_info.memmap_count; i++) {
 		const struct memmap_entry *e = &boot_info.memmap[i];
-		frame_string_printf("%s%lx:%lx:%x", i ? "," : "", e->base, e->size, e->type);
+		frame_string_text(i ? "," : "");
+		frame_string_hex(e->base);
+		frame_string_text(":");
+		frame_string_hex(e->size);
+		frame_string_text(":");
+		frame_string_hex(e->type);
 	}
 	frame_string_close();
 }
@@ -60,16 +65,19 @@ static void ping(const struct request *r)
 	frame_close();
 }
 
-/* TSC stamps of the boot phases (boot_phases.h), the console's share, and the TSC now. */
+/* TSC stamps of the boot phases (boot_phases.h), the console's share of them, and the TSC now. */
 static void boot_phases(const struct request *r)
 {
 	frame_open_response(r->id);
 	frame_string_open("phases");
-	for (unsigned phase = 0; phase < BOOT_PHASE_COUNT; phase++)
-		frame_string_printf("%s%s:%lu", phase ? "," : "", boot_phase_name(phase), boot_phase_tsc(phase));
+	for (unsigned phase = 0; phase < BOOT_PHASE_COUNT; phase++) {
+		frame_string_text(phase ? "," : "");
+		frame_string_text(boot_phase_name(phase));
+		frame_string_text(":");
+		frame_string_decimal(boot_phase_tsc(phase));
+	}
 	frame_string_close();
-	frame_decimal("console_ticks", console_ticks());
-	frame_decimal("console_bytes", console_bytes());
+	frame_decimal("console_ticks", boot_console_ticks());
 	frame_decimal("tsc", rdtsc());
 	frame_close();
 }

@@ -39,7 +39,7 @@ static void write_com2(const char *text, size_t length)
 }
 
 /* Kept out of put(), which costs a few instructions a byte (each one dear under nested KVM). */
-static __attribute__((noinline)) void spill(char c)
+static NOINLINE void spill(char c)
 {
 	if (!spilled)
 		write_com2(out, used);
@@ -55,39 +55,79 @@ static void put(char c)
 		spill(c);
 }
 
-static void put_text(const char *s)
+static NOINLINE void put_text(const char *s)
 {
 	while (*s)
 		put(*s++);
 }
 
-static void raw_sink(void *context, char c)
+/*
+ * Values without the printf engine, in helpers kept out of line: each distinct instruction the
+ * hello runs is one more that TCG translates during boot (~1 us each), and a copy inlined into
+ * every frame_* function is translated once per copy.
+ */
+static const char hex_digits[] = "0123456789abcdef";
+
+static void put_hex_byte(uint8_t byte)
 {
-	(void)context;
-	put(c);
+	put(hex_digits[byte >> 4]);
+	put(hex_digits[byte & 0xF]);
 }
 
-static void raw_printf(const char *format, ...)
+static NOINLINE void put_hex(uint64_t value)
 {
-	va_list args;
-	va_start(args, format);
-	fmt_vprint(raw_sink, 0, format, args);
-	va_end(args);
+	unsigned shift = 60;
+	while (shift && !(value >> shift))
+		shift -= 4;
+	for (;; shift -= 4) {
+		put(hex_digits[(value >> shift) & 0xF]);
+		if (!shift)
+			break;
+	}
+}
+
+static NOINLINE void put_decimal(uint64_t value)
+{
+	char digits[20];
+	unsigned count = 0;
+	do {
+		digits[count++] = (char)('0' + value % 10);
+		value /= 10;
+	} while (value);
+	while (count)
+		put(digits[--count]);
+}
+
+static NOINLINE void put_key(const char *key)
+{
+	put(' ');
+	put_text(key);
+	put('=');
+}
+
+static NOINLINE void put_escaped(char c)
+{
+	if (c >= 0x20 && c <= 0x7E && c != '"' && c != '\\') {
+		put(c);
+		return;
+	}
+	put('\\');
+	put('x');
+	put_hex_byte((uint8_t)c);
 }
 
 static void escaped_sink(void *context, char c)
 {
 	(void)context;
-	if (c >= 0x20 && c <= 0x7E && c != '"' && c != '\\')
-		put(c);
-	else
-		raw_printf("\\x%02x", (unsigned char)c);
+	put_escaped(c);
 }
 
 void frame_open_response(uint32_t id)
 {
 	begin(true);
-	raw_printf("=%u ok", id);
+	put('=');
+	put_decimal(id);
+	put_text(" ok");
 }
 
 void frame_open_event(const char *name)
@@ -99,30 +139,43 @@ void frame_open_event(const char *name)
 
 void frame_hex(const char *key, uint64_t value)
 {
-	raw_printf(" %s=0x%lx", key, value);
+	put_key(key);
+	put_text("0x");
+	put_hex(value);
 }
 
 void frame_decimal(const char *key, uint64_t value)
 {
-	raw_printf(" %s=%lu", key, value);
+	put_key(key);
+	put_decimal(value);
 }
 
 void frame_boolean(const char *key, bool value)
 {
-	raw_printf(" %s=%s", key, value ? "true" : "false");
+	put_key(key);
+	put_text(value ? "true" : "false");
 }
 
 void frame_string_open(const char *key)
 {
-	raw_printf(" %s=\"", key);
+	put_key(key);
+	put('"');
 }
 
-void frame_string_printf(const char *format, ...)
+void frame_string_text(const char *text)
 {
-	va_list args;
-	va_start(args, format);
-	fmt_vprint(escaped_sink, 0, format, args);
-	va_end(args);
+	while (*text)
+		put_escaped(*text++);
+}
+
+void frame_string_hex(uint64_t value)
+{
+	put_hex(value);
+}
+
+void frame_string_decimal(uint64_t value)
+{
+	put_decimal(value);
 }
 
 void frame_string_close(void)
@@ -133,17 +186,16 @@ void frame_string_close(void)
 void frame_string(const char *key, const char *text)
 {
 	frame_string_open(key);
-	frame_string_printf("%s", text);
+	frame_string_text(text);
 	frame_string_close();
 }
 
 void frame_bytes(const char *key, const uint8_t *data, size_t length)
 {
-	raw_printf(" %s=#", key);
-	for (size_t i = 0; i < length; i++) {
-		put("0123456789abcdef"[data[i] >> 4]);
-		put("0123456789abcdef"[data[i] & 0xF]);
-	}
+	put_key(key);
+	put('#');
+	for (size_t i = 0; i < length; i++)
+		put_hex_byte(data[i]);
 }
 
 static void send(void)
@@ -182,10 +234,13 @@ void frame_error(uint32_t id, enum error_kind kind, const char *format, ...)
 		[ERROR_BAD_ARGUMENT] = "bad-argument",
 	};
 	begin(true);
+	put('=');
 	if (id == ID_UNREADABLE)
-		raw_printf("=? err %s", kinds[kind]);
+		put('?');
 	else
-		raw_printf("=%u err %s", id, kinds[kind]);
+		put_decimal(id);
+	put_text(" err ");
+	put_text(kinds[kind]);
 	frame_string_open("msg");
 	va_list args;
 	va_start(args, format);

@@ -1,7 +1,7 @@
 /*
  * Where boot time goes: a TSC stamp at the end of each phase, from the boot stub's first
- * instruction to the agent's hello, and the ticks the console spent writing. `mmhil bench boot
- * --phases` reads them (`boot_phases`) and places them on the host's clock.
+ * instruction to the agent's hello, and the ticks the console spent writing in that time. `mmhil
+ * bench boot --phases` reads them (`boot_phases`) and places them on the host's clock.
  */
 #pragma once
 #include <stdint.h>
@@ -15,7 +15,6 @@ enum boot_phase {
 	BOOT_PFN_DATABASE,
 	BOOT_MEMORY_MANAGER, /* pool, system PTEs, copy window */
 	BOOT_APS,           /* the other CPUs started (smp.c) */
-	BOOT_BANNER,        /* the console's ready banner printed */
 	BOOT_HELLO,         /* the agent's hello composed: its doorbell, or its last COM2 bytes, are next */
 	BOOT_PHASE_COUNT,
 };
@@ -24,6 +23,7 @@ extern uint64_t boot_entry_tsc; /* written by the boot stub */
 void boot_phase_done(enum boot_phase phase);
 const char *boot_phase_name(enum boot_phase phase);
 uint64_t boot_phase_tsc(enum boot_phase phase);
+uint64_t boot_console_ticks(void); /* console_ticks() at the hello's stamp */
 
 /* boot_report.c: paging, CPU features, memory map, frames and layout, on the console. */
 void boot_report_print(void);

@@ -11,5 +11,6 @@
 #define MUST_USE __attribute__((warn_unused_result))
 #define PACKED __attribute__((packed))
 #define ALIGNED(n) __attribute__((aligned(n)))
+#define NOINLINE __attribute__((noinline))
 #define PRINTF_LIKE(fmt, args) __attribute__((format(printf, fmt, args)))
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))

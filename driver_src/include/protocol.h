@@ -106,7 +106,11 @@ void frame_decimal(const char *key, uint64_t value);
 void frame_boolean(const char *key, bool value);
 void frame_string(const char *key, const char *text);
 void frame_string_open(const char *key);
-void frame_string_printf(const char *format, ...) PRINTF_LIKE(1, 2);
+/* Pieces of an open string value (hex without 0x). No printf engine: a frame runs few instructions,
+ * and each is one TCG translates the first time (~1 us during boot). */
+void frame_string_text(const char *text);
+void frame_string_hex(uint64_t value);
+void frame_string_decimal(uint64_t value);
 void frame_string_close(void);
 void frame_bytes(const char *key, const uint8_t *data, size_t length);
 /* Ends the frame and sends it; a response composed on an AP waits for the BSP's frame_send_composed(). */

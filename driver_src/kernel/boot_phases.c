@@ -3,6 +3,7 @@
 
 uint64_t boot_entry_tsc __attribute__((section(".data")));
 static uint64_t stamps[BOOT_PHASE_COUNT];
+static uint64_t console_ticks_in_boot;
 
 static const char *const names[BOOT_PHASE_COUNT] = {
 	[BOOT_ENTRY] = "entry",
@@ -13,13 +14,14 @@ static const char *const names[BOOT_PHASE_COUNT] = {
 	[BOOT_PFN_DATABASE] = "pfn_database",
 	[BOOT_MEMORY_MANAGER] = "memory_manager",
 	[BOOT_APS] = "aps",
-	[BOOT_BANNER] = "banner",
 	[BOOT_HELLO] = "hello",
 };
 
 void boot_phase_done(enum boot_phase phase)
 {
 	stamps[phase] = rdtsc();
+	if (phase == BOOT_HELLO)
+		console_ticks_in_boot = console_ticks();
 }
 
 const char *boot_phase_name(enum boot_phase phase)
@@ -30,4 +32,9 @@ const char *boot_phase_name(enum boot_phase phase)
 uint64_t boot_phase_tsc(enum boot_phase phase)
 {
 	return phase == BOOT_ENTRY ? boot_entry_tsc : stamps[phase];
+}
+
+uint64_t boot_console_ticks(void)
+{
+	return console_ticks_in_boot;
 }

@@ -7,7 +7,7 @@ import pytest
 
 from harness.console import BOOT_COMPLETE, Console, ConsoleBadPattern
 
-BANNER = b"mmhil: 256 MiB of RAM; agent ready\n"
+BANNER = b"mmhil: build 0123456789abcdef, 4-level paging, 256 MiB of RAM; agent ready\n"
 
 
 def console_reading(data: bytes, tmp_path: Path) -> Console:

@@ -92,6 +92,7 @@ def test_remote_vm_boots_and_answers_ddi_calls(remote_vm: Vm) -> None:
     assert remote_vm.mm.MmIsAddressValid(va)
     remote_vm.mm.ExFreePoolWithTag(va, "Rmt1")
     assert remote_vm.agent.mailbox is None, "a remote VM's RAM is not mapped here: its agent talks on COM2"
+    remote_vm.console.expect(BOOT_COMPLETE, timeout=10)  # printed after the hello: it may still be on its way
     assert re.search(BOOT_COMPLETE, remote_vm.machine.console_log.read_text()), "the console log is kept here"
     assert info.levels == 4
 
