@@ -146,8 +146,8 @@ class Vm:
                 raise self._ended() from exc
         elif machine.gdb_socket is not None:
             self.on_gdb_wait(machine.gdb_socket)  # the person resumes the VM from gdb
-        # The hello alone says the boot is over: waiting for the console's banner too, which the
-        # kernel prints just before, would add the console's lag (~0.3 ms under TCG) to every boot.
+        # The hello alone says the boot is over. The kernel prints its console line after it, so a
+        # wait for that line would add the line's bytes and the console's lag to every boot.
         try:
             hello = self._agent.wait_hello(self._mailbox_opener(), self.timeout)
         except MmhilError as exc:
