@@ -14,7 +14,7 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from harness import bench, bench_ddi, bench_matrix, bench_verify
+from harness import bench, bench_ddi, bench_matrix, bench_tcg, bench_verify
 from harness.agent.codec import decode_value, encode_value
 from harness.build import REPO_ROOT, build_kernel
 from harness.config import DEFAULT_CONFIG_DIR, VmConfig, load_configs, select_configs
@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_ddi.add_parser(bench_sub)
     fuzz_cli.add_parsers(sub)
     bench_matrix.add_parser(bench_sub)
+    bench_tcg.add_parser(bench_sub)
 
     args = parser.parse_args(argv)
     try:
