@@ -29,8 +29,8 @@ from harness.probe import qemu_version
 ROM_SIZE = 0x10000
 RESET_VECTOR = 0xFFF0  # real mode starts at CS base 0xFFFF0000, IP 0xFFF0: the ROM's last 16 bytes
 # mov al, 0; out EXIT_PORT, al (isa-debug-exit: QEMU ends with status 1); hlt and jmp back, should it not.
-EXIT_CODE = bytes((0xB0, 0x00, 0xE6, EXIT_PORT, 0xF4, 0xEB, 0xFD))
 HLT = 0xF4
+EXIT_CODE = bytes((0xB0, 0x00, 0xE6, EXIT_PORT, HLT, 0xEB, 0xFD))
 JMP_NEAR = 0xE9
 
 

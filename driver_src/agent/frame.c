@@ -62,9 +62,9 @@ static NOINLINE void put_text(const char *s)
 }
 
 /*
- * Values without the printf engine, in helpers kept out of line: each distinct instruction the
- * hello runs is one more that TCG translates during boot (~1 us each), and a copy inlined into
- * every frame_* function is translated once per copy.
+ * Values without the printf engine, in helpers kept out of line: each block the hello runs is one
+ * more that TCG translates during boot (docs/performance.md), and a copy inlined into every
+ * frame_* function is translated once per copy.
  */
 static const char hex_digits[] = "0123456789abcdef";
 

@@ -107,7 +107,7 @@ void frame_boolean(const char *key, bool value);
 void frame_string(const char *key, const char *text);
 void frame_string_open(const char *key);
 /* Pieces of an open string value (hex without 0x). No printf engine: a frame runs few instructions,
- * and each is one TCG translates the first time (~1 us during boot). */
+ * and each is one TCG translates the first time it runs during boot. */
 void frame_string_text(const char *text);
 void frame_string_hex(uint64_t value);
 void frame_string_decimal(uint64_t value);
