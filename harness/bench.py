@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import re
 import statistics
 import tempfile
@@ -45,6 +46,61 @@ def interleaved(reference: Callable[[], float], subject: Callable[[], float], ti
     subject()
     pairs = [(reference(), subject()) for _ in range(times)]
     return Sample(tuple(r for r, _ in pairs)), Sample(tuple(s for _, s in pairs))
+
+
+@dataclass(frozen=True)
+class Lives:
+    """One subject's floor and boot runs, taken in pairs: the floor just before each boot."""
+
+    floors: Sample
+    boots: Sample
+
+    @property
+    def leads(self) -> Sample:
+        """Each boot less the floor run before it."""
+        return Sample(tuple(b - f for f, b in zip(self.floors.values, self.boots.values, strict=True)))
+
+
+def paired(runs: dict[str, tuple[Callable[[], float], Callable[[], float]]], times: int) -> dict[str, Lives]:
+    """Every subject's (floor, boot) pair in turn, round after round, after one unmeasured round: the
+    builds (or configs) being compared see the same drift of the machine's load."""
+    for floor, boot in runs.values():
+        floor()
+        boot()
+    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    for _ in range(times):
+        for name, (floor, boot) in runs.items():
+            measured[name].append((floor(), boot()))
+    return {name: Lives(Sample(tuple(f for f, _ in pairs)), Sample(tuple(b for _, b in pairs)))
+            for name, pairs in measured.items()}
+
+
+@dataclass(frozen=True)
+class Difference:
+    """`subject`'s median less `reference`'s, with a 95% bootstrap interval for it."""
+
+    median: float
+    low: float
+    high: float
+
+    @property
+    def settled(self) -> bool:
+        """The interval leaves out zero: the runs tell the two apart."""
+        return self.low > 0 or self.high < 0
+
+
+def median_difference(reference: Sample, subject: Sample, resamples: int = 2000, seed: int = 0) -> Difference:
+    """Medians of runs this noisy (a boot's IQR is about 1.5 ms) move by tenths of a millisecond
+    between runs of one tree, so a change of that size needs its interval: resample each side with
+    replacement and take the 2.5th and 97.5th percentiles of the medians' differences."""
+    if len(reference.values) < 3 or len(subject.values) < 3:
+        raise MmhilError("a median difference needs at least 3 runs on each side")
+    draw = random.Random(seed)
+    spread = sorted(statistics.median(draw.choices(subject.values, k=len(subject.values)))
+                    - statistics.median(draw.choices(reference.values, k=len(reference.values)))
+                    for _ in range(resamples))
+    return Difference(subject.median - reference.median, spread[int(0.025 * resamples)],
+                      spread[int(0.975 * resamples) - 1])
 
 
 def floor_run(config: VmConfig, kernel: KernelImage, accelerator: str) -> float:

@@ -63,21 +63,25 @@ def build_kernel(timeout: float = 600.0) -> KernelImage:
     return current_kernel()
 
 
-def current_kernel() -> KernelImage:
-    for path in (KERNEL, BOOT_IMAGE, BUILD_ID):
+def current_kernel(build_dir: Path = BUILD_DIR) -> KernelImage:
+    """The image `make -C driver_src` left in `build_dir`: this tree's, or another tree's copied aside
+    (`mmhil bench boot --against`)."""
+    kernel, boot_image, build_id, firmware = (build_dir / path.name
+                                              for path in (KERNEL, BOOT_IMAGE, BUILD_ID, FIRMWARE))
+    for path in (kernel, boot_image, build_id):
         if not path.is_file():
             raise BuildError(f"no guest kernel build at {path}: run `mmhil build`")
-    mailbox = elf_note(BOOT_IMAGE, *MAILBOX_NOTE)
+    mailbox = elf_note(boot_image, *MAILBOX_NOTE)
     if len(mailbox) != 8:
-        raise BuildError(f"{BOOT_IMAGE} has no mailbox note ({MAILBOX_NOTE[0].decode()}, type {MAILBOX_NOTE[1]}): "
+        raise BuildError(f"{boot_image} has no mailbox note ({MAILBOX_NOTE[0].decode()}, type {MAILBOX_NOTE[1]}): "
                          "rebuild it with `mmhil build`")
-    entry = elf_note(BOOT_IMAGE, *PVH_ENTRY_NOTE)
+    entry = elf_note(boot_image, *PVH_ENTRY_NOTE)
     if len(entry) != 4:
-        raise BuildError(f"{BOOT_IMAGE} has no PVH entry note (Xen, type 18): QEMU could not boot it")
-    if not FIRMWARE.is_file() or FIRMWARE.stat().st_size != ROM_BYTES:
-        raise BuildError(f"no {ROM_BYTES // 1024} KiB firmware ROM at {FIRMWARE}: rebuild with `mmhil build`")
-    return KernelImage(BOOT_IMAGE, BUILD_ID.read_text(encoding="ascii").strip(), int.from_bytes(mailbox, "little"),
-                       int.from_bytes(entry, "little"), FIRMWARE, KERNEL)
+        raise BuildError(f"{boot_image} has no PVH entry note (Xen, type 18): QEMU could not boot it")
+    if not firmware.is_file() or firmware.stat().st_size != ROM_BYTES:
+        raise BuildError(f"no {ROM_BYTES // 1024} KiB firmware ROM at {firmware}: rebuild with `mmhil build`")
+    return KernelImage(boot_image, build_id.read_text(encoding="ascii").strip(), int.from_bytes(mailbox, "little"),
+                       int.from_bytes(entry, "little"), firmware, kernel)
 
 
 def elf_note(path: Path, owner: bytes, note_type: int) -> bytes:

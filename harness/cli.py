@@ -10,13 +10,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 from harness import bench, bench_ddi, bench_matrix, bench_tcg, bench_verify
 from harness.agent.codec import decode_value, encode_value
-from harness.build import REPO_ROOT, build_kernel
+from harness.build import REPO_ROOT, KernelImage, build_kernel, current_kernel
 from harness.config import DEFAULT_CONFIG_DIR, VmConfig, load_configs, select_configs
 from harness.errors import AgentError, GuestCrash, HostError, InfrastructureError, MmhilError
 from harness.fuzz import cli as fuzz_cli
@@ -185,20 +186,29 @@ def cmd_shell(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runnable_configs(args: argparse.Namespace) -> Iterator[tuple[VmConfig, str]]:
+    """The chosen configs that run here, each with its accelerator; a line for each that does not."""
+    for config in _configs(args):
+        result = probe(config)
+        if result.runnable:
+            yield config, result.accelerator
+        else:
+            print(f"{config.name:14} skipped: {result.reason}")
+
+
 def cmd_bench_boot(args: argparse.Namespace) -> int:
     if args.boots < 3:
         raise MmhilError("--boots must be at least 3 (a median and a spread need them)")
+    if args.against is not None:
+        if args.phases:
+            raise MmhilError("--against compares whole lives: run --phases on each tree by itself")
+        return _bench_boot_against(args, build_kernel(), current_kernel(Path(args.against)))
     kernel = build_kernel()
     print(f"a VM's whole life (start, boot to the agent's hello, shut down) vs. QEMU's floor (the same machine "
           f"started with -S and quit at once), {args.boots} runs each, QEMU {qemu_version()}")
     print(f"{'config':14} {'accel':5} {'boot median':>12} {'floor median':>13} {'ratio':>6}  spread")
     with tempfile.TemporaryDirectory(prefix="mmhil-bench-") as scratch:
-        for config in _configs(args):
-            result = probe(config)
-            if not result.runnable:
-                print(f"{config.name:14} skipped: {result.reason}")
-                continue
-            accel = result.accelerator
+        for config, accel in _runnable_configs(args):
             phases: list[dict[str, float]] | None = [] if args.phases else None
             floor, boots = bench.interleaved(partial(bench.floor_run, config, kernel, accel),
                                              partial(bench.boot_run, config, kernel, accel,
@@ -216,6 +226,30 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
                       f"{code.firmware_instructions + code.kernel_instructions:,} guest instructions in "
                       f"{code.blocks:,} blocks: firmware {code.firmware_instructions:,}, "
                       f"kernel {code.kernel_instructions:,}")
+    return 0
+
+
+def _bench_boot_against(args: argparse.Namespace, kernel: KernelImage, other: KernelImage) -> int:
+    """This tree's build and another's, booted in turn, each beside its own floor run: whether a change
+    to the kernel or firmware moved the boot, told apart from the run-to-run noise."""
+    builds = {"this tree": kernel, args.against: other}
+    print(f"a VM's whole life less QEMU's floor (run just before it), this tree's build ({kernel.build_id}) and "
+          f"{args.against}'s ({other.build_id}) in turn, {args.boots} runs each, QEMU {qemu_version()}")
+    print(f"{'config':14} {'build':24} {'boot median':>12} {'floor median':>13} {'ratio':>6}  lead over the floor")
+    with tempfile.TemporaryDirectory(prefix="mmhil-bench-") as scratch:
+        for config, accel in _runnable_configs(args):
+            lives = bench.paired({name: (partial(bench.floor_run, config, image, accel),
+                                         partial(bench.boot_run, config, image, accel,
+                                                 Path(scratch) / f"{config.name}-{index}"))
+                                  for index, (name, image) in enumerate(builds.items())}, args.boots)
+            for name, life in lives.items():
+                boot, floor, lead = life.boots.median, life.floors.median, life.leads
+                print(f"{config.name:14} {name:24} {boot * 1e3:9.1f} ms {floor * 1e3:10.1f} ms {boot / floor:6.2f}  "
+                      f"{lead.median * 1e3:.2f} ms, {lead.spread()}")
+            change = bench.median_difference(lives["this tree"].leads, lives[args.against].leads)
+            verdict = "told apart from the noise" if change.settled else "not told apart from the noise"
+            print(f"{'':14} {args.against}'s lead less this tree's: {change.median * 1e3:+.2f} ms "
+                  f"(95% bootstrap interval {change.low * 1e3:+.2f} to {change.high * 1e3:+.2f} ms): {verdict}")
     return 0
 
 
@@ -297,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--boots", type=int, default=10, help="runs per config, at least 3 (default 10)")
     boot.add_argument("--phases", action="store_true",
                       help="also show where each boot's time goes: QEMU, firmware, each guest phase, console output")
+    boot.add_argument("--against", metavar="BUILD_DIR",
+                      help="another tree's vm_images/build (or a copy of one): boot both builds in turn and print "
+                           "the difference of their leads over the floor, with its interval")
     boot.set_defaults(func=cmd_bench_boot)
     suite = with_configs(bench_sub.add_parser("suite", help="suite wall time with -n 1 and -n auto"), accel=False)
     suite.add_argument("--runs", type=int, default=1, help="runs per worker count, at least 1 (default 1)")

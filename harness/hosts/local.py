@@ -147,14 +147,32 @@ def _setpriv(user: QemuUser | None) -> list[str]:
     return [*command, "--"]
 
 
-def _check_traversable(path: Path, user: QemuUser) -> None:
-    """QEMU opens files in its runtime dir by absolute path (pmemsave): it must reach it."""
+def _permits(st: os.stat_result, user: QemuUser, access: int) -> bool:
+    """Whether `user` has `access` (4 read, 1 search) by the mode bits that apply to it."""
+    if st.st_uid == user.uid:
+        return bool(st.st_mode & access << 6)
+    if st.st_gid in user.groups:
+        return bool(st.st_mode & access << 3)
+    return bool(st.st_mode & access)
+
+
+def _check_traversable(path: Path, user: QemuUser, advice: str) -> None:
     for parent in [path, *path.parents]:
         st = parent.stat()
-        if st.st_uid != user.uid and not st.st_mode & 0o001 and not (st.st_gid in user.groups and st.st_mode & 0o010):
-            raise InfrastructureError(f"QEMU runs as {user.name}, which cannot reach {path}: {parent} is mode "
-                                      f"{stat.S_IMODE(st.st_mode):04o}. Point XDG_RUNTIME_DIR (or TMPDIR) at a "
-                                      "directory that others may traverse")
+        if not _permits(st, user, 1):
+            raise InfrastructureError(f"QEMU runs as {user.name} (the harness runs as root, QEMU does not), which "
+                                      f"cannot reach {path}: {parent} is mode {stat.S_IMODE(st.st_mode):04o}. "
+                                      f"{advice}")
+
+
+def _check_readable(path: Path, user: QemuUser) -> None:
+    """QEMU opens the kernel and the firmware ROM by name (-kernel, -bios), as its own user."""
+    advice = "Put the build where other users may read it (a copy in a private directory is not)"
+    _check_traversable(path.parent, user, advice)
+    st = path.stat()
+    if not _permits(st, user, 4):
+        raise InfrastructureError(f"QEMU runs as {user.name} (the harness runs as root, QEMU does not), which "
+                                  f"cannot read {path}: it is mode {stat.S_IMODE(st.st_mode):04o}. {advice}")
 
 
 # -- the process --------------------------------------------------------------------------------
@@ -234,7 +252,9 @@ class LocalHost(VmHost):
             # QEMU's user writes here (pmemsave) and must pass through the root to reach it.
             RUNTIME_ROOT.chmod(0o711)
             os.chown(path, user.uid, user.gid)
-            _check_traversable(path, user)
+            # QEMU opens files here by absolute path (pmemsave): it must reach it.
+            _check_traversable(path, user, "Point XDG_RUNTIME_DIR (or TMPDIR) at a directory that others may "
+                                           "traverse")
         return path
 
     def _make_ram_file(self, size: int, user: QemuUser | None) -> int:
@@ -252,6 +272,10 @@ class LocalHost(VmHost):
         from harness.machine import qemu_arguments
 
         user = qemu_user()
+        if user is not None:
+            for opened_by_name in (plan.kernel, plan.firmware):
+                if opened_by_name is not None:
+                    _check_readable(opened_by_name, user)
         runtime_dir = self._make_runtime_dir(user)
         qmp_host, qmp_qemu = socket.socketpair()
         console_host, console_qemu = socket.socketpair()

@@ -1,11 +1,12 @@
 """The kernel image's notes: the host finds the agent's mailbox before the hello through one."""
 
+import re
 import struct
 from pathlib import Path
 
 import pytest
 
-from harness.build import MAILBOX_NOTE, elf_note
+from harness.build import MAILBOX_NOTE, ROM_BYTES, current_kernel, elf_note
 from harness.errors import BuildError
 
 
@@ -53,3 +54,26 @@ def test_a_file_that_is_not_elf64_or_is_cut_short_is_named(tmp_path: Path) -> No
     whole = elf64((4, note(*MAILBOX_NOTE, bytes(8))))
     with pytest.raises(BuildError, match="cut short"):
         elf_note(write(tmp_path, whole[:70]), *MAILBOX_NOTE)
+
+
+def test_a_build_directory_of_another_tree_gives_its_own_image(tmp_path: Path) -> None:
+    build = tmp_path / "other-build"
+    build.mkdir()
+    address = (0x251000).to_bytes(8, "little")
+    (build / "mmhil-kernel.boot.elf").write_bytes(
+        elf64((4, note(b"Xen", 18, (0x200040).to_bytes(4, "little")) + note(*MAILBOX_NOTE, address))))
+    (build / "mmhil-kernel.elf").write_bytes(b"symbols")
+    (build / "mmhil-kernel.build-id").write_text("0123456789abcdef\n", encoding="ascii")
+    (build / "mmhil-firmware.bin").write_bytes(bytes(ROM_BYTES))
+    image = current_kernel(build)
+    assert (image.path, image.symbols, image.firmware) == (
+        build / "mmhil-kernel.boot.elf", build / "mmhil-kernel.elf", build / "mmhil-firmware.bin")
+    assert (image.build_id, image.mailbox_address, image.entry_address) == ("0123456789abcdef", 0x251000, 0x200040)
+    (build / "mmhil-firmware.bin").write_bytes(bytes(1024))
+    with pytest.raises(BuildError, match=f"no 64 KiB firmware ROM at {re.escape(str(build))}"):
+        current_kernel(build)
+
+
+def test_a_directory_without_a_build_is_named(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match=f"no guest kernel build at {re.escape(str(tmp_path))}/mmhil-kernel.elf"):
+        current_kernel(tmp_path)

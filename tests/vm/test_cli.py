@@ -1,10 +1,17 @@
 """The `mmhil` command as a person uses it (driven through pexpect for the interactive shell)."""
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pexpect
+import pytest
+
+from harness.build import BUILD_DIR
 
 MMHIL = [sys.executable, "-m", "harness.cli"]
 
@@ -127,6 +134,59 @@ def test_bench_boot_splits_each_boot_beside_the_floor() -> None:
     assert code, out
     total, blocks, firmware, kernel = (int(g.replace(",", "")) for g in code.groups())
     assert total == firmware + kernel and 0 < blocks < total and firmware > 0 and kernel > 0, out
+
+
+def copy_of_this_build(where: Path) -> Path:
+    other = where / "other-build"
+    other.mkdir()
+    for name in ("mmhil-kernel.elf", "mmhil-kernel.boot.elf", "mmhil-kernel.build-id", "mmhil-firmware.bin"):
+        shutil.copy(BUILD_DIR / name, other / name)
+    return other
+
+
+def test_bench_boot_against_another_build_prints_both_leads_and_their_difference() -> None:
+    # QEMU may run as another user (the harness as root): the copy must be where others can read it.
+    with tempfile.TemporaryDirectory(prefix="mmhil-against-") as where:
+        os.chmod(where, 0o755)
+        other = copy_of_this_build(Path(where))
+        result = subprocess.run([*MMHIL, "bench", "boot", "--vm-config", "default", "--boots", "3",
+                                 "--against", str(other)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    build_id = (BUILD_DIR / "mmhil-kernel.build-id").read_text(encoding="ascii").strip()
+    assert f"this tree's build ({build_id}) and {other}'s ({build_id})" in out, out
+    for name in ("this tree", str(other)):
+        row = re.search(rf"^default\s+{re.escape(name)}\s+([\d.]+) ms\s+([\d.]+) ms\s+([\d.]+)  (-?[\d.]+) ms, IQR",
+                        out, re.M)
+        assert row, out
+        boot, floor, ratio, lead = (float(g) for g in row.groups())
+        # Every lead is a boot less a floor run (> 0), so their median is below the boots' median.
+        assert abs(boot / floor - ratio) < 0.01 and floor > 0 and lead < boot, out
+    change = re.search(r"'s lead less this tree's: ([-+][\d.]+) ms \(95% bootstrap interval ([-+][\d.]+) to "
+                       r"([-+][\d.]+) ms\): (not )?told apart from the noise", out)
+    assert change, out
+    low, high = float(change.group(2)), float(change.group(3))
+    assert low <= float(change.group(1)) <= high, out
+
+
+def test_bench_boot_against_names_a_missing_build_and_refuses_phases(tmp_path: Path) -> None:
+    missing = subprocess.run([*MMHIL, "bench", "boot", "--vm-config", "default", "--against", str(tmp_path)],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and f"no guest kernel build at {tmp_path}/mmhil-kernel.elf" in missing.stderr
+    both = subprocess.run([*MMHIL, "bench", "boot", "--phases", "--against", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and "--against compares whole lives" in both.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="QEMU runs as the harness's own user unless the harness is root")
+def test_a_build_that_qemus_user_cannot_read_is_named_before_qemu_starts(tmp_path: Path) -> None:
+    other = copy_of_this_build(tmp_path)  # pytest's directories are 0700: QEMU's user cannot pass through them
+    result = subprocess.run([*MMHIL, "bench", "boot", "--vm-config", "default", "--boots", "3",
+                             "--against", str(other)], capture_output=True, text=True, timeout=300)
+    private = next(p for p in [other, *other.parents] if not p.stat().st_mode & 0o001)
+    assert result.returncode != 0, result.stdout
+    assert (f"QEMU runs as mmhil-qemu (the harness runs as root, QEMU does not), which cannot reach {other}: "
+            f"{private} is mode") in result.stderr, result.stderr
 
 
 def test_bench_boot_and_suite_refuse_too_few_runs() -> None:
