@@ -39,15 +39,6 @@ class Sample:
         return f"IQR {q1:.1f}-{q3:.1f} {unit}, min {low:.1f}, max {high:.1f}"
 
 
-def interleaved(reference: Callable[[], float], subject: Callable[[], float], times: int) -> tuple[Sample, Sample]:
-    """Both, alternating, after one unmeasured run of each: load on the machine drifts over a run, and
-    alternating puts both under the same drift (and the first run pays for cold caches)."""
-    reference()
-    subject()
-    pairs = [(reference(), subject()) for _ in range(times)]
-    return Sample(tuple(r for r, _ in pairs)), Sample(tuple(s for _, s in pairs))
-
-
 @dataclass(frozen=True)
 class Lives:
     """One subject's floor and boot runs, taken in pairs: the floor just before each boot."""
@@ -62,8 +53,9 @@ class Lives:
 
 
 def paired(runs: dict[str, tuple[Callable[[], float], Callable[[], float]]], times: int) -> dict[str, Lives]:
-    """Every subject's (floor, boot) pair in turn, round after round, after one unmeasured round: the
-    builds (or configs) being compared see the same drift of the machine's load."""
+    """Every subject's (floor, boot) pair in turn, round after round, after one unmeasured round (the
+    first run pays for cold caches). Load on the machine drifts over a run; alternating puts floors,
+    boots and the builds being compared under the same drift."""
     for floor, boot in runs.values():
         floor()
         boot()

@@ -20,6 +20,7 @@ KERNEL = BUILD_DIR / "mmhil-kernel.elf"  # with symbols and debug info: what gdb
 BOOT_IMAGE = BUILD_DIR / "mmhil-kernel.boot.elf"  # the same, stripped: what QEMU boots (driver_src/Makefile)
 BUILD_ID = BUILD_DIR / "mmhil-kernel.build-id"
 FIRMWARE = BUILD_DIR / "mmhil-firmware.bin"
+BUILD_OUTPUTS = (KERNEL, BOOT_IMAGE, BUILD_ID, FIRMWARE)  # what `mmhil bench boot --against` needs of a tree
 ROM_BYTES = 64 * 1024
 
 
@@ -66,8 +67,7 @@ def build_kernel(timeout: float = 600.0) -> KernelImage:
 def current_kernel(build_dir: Path = BUILD_DIR) -> KernelImage:
     """The image `make -C driver_src` left in `build_dir`: this tree's, or another tree's copied aside
     (`mmhil bench boot --against`)."""
-    kernel, boot_image, build_id, firmware = (build_dir / path.name
-                                              for path in (KERNEL, BOOT_IMAGE, BUILD_ID, FIRMWARE))
+    kernel, boot_image, build_id, firmware = (build_dir / path.name for path in BUILD_OUTPUTS)
     for path in (kernel, boot_image, build_id):
         if not path.is_file():
             raise BuildError(f"no guest kernel build at {path}: run `mmhil build`")

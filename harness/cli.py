@@ -199,20 +199,21 @@ def _runnable_configs(args: argparse.Namespace) -> Iterator[tuple[VmConfig, str]
 def cmd_bench_boot(args: argparse.Namespace) -> int:
     if args.boots < 3:
         raise MmhilError("--boots must be at least 3 (a median and a spread need them)")
-    if args.against is not None:
-        if args.phases:
-            raise MmhilError("--against compares whole lives: run --phases on each tree by itself")
-        return _bench_boot_against(args, build_kernel(), current_kernel(Path(args.against)))
+    if args.against is not None and args.phases:
+        raise MmhilError("--against compares whole lives: run --phases on each tree by itself")
     kernel = build_kernel()
+    if args.against is not None:
+        return _bench_boot_against(args, kernel, current_kernel(Path(args.against)))
     print(f"a VM's whole life (start, boot to the agent's hello, shut down) vs. QEMU's floor (the same machine "
           f"started with -S and quit at once), {args.boots} runs each, QEMU {qemu_version()}")
     print(f"{'config':14} {'accel':5} {'boot median':>12} {'floor median':>13} {'ratio':>6}  spread")
     with tempfile.TemporaryDirectory(prefix="mmhil-bench-") as scratch:
         for config, accel in _runnable_configs(args):
             phases: list[dict[str, float]] | None = [] if args.phases else None
-            floor, boots = bench.interleaved(partial(bench.floor_run, config, kernel, accel),
-                                             partial(bench.boot_run, config, kernel, accel,
-                                                     Path(scratch) / config.name, phases), args.boots)
+            life = bench.paired({config.name: (partial(bench.floor_run, config, kernel, accel),
+                                               partial(bench.boot_run, config, kernel, accel,
+                                                       Path(scratch) / config.name, phases))}, args.boots)
+            floor, boots = life[config.name].floors, life[config.name].boots
             print(f"{config.name:14} {accel:5} {boots.median * 1e3:9.1f} ms {floor.median * 1e3:10.1f} ms "
                   f"{boots.median / floor.median:6.2f}  boot {boots.spread()}; floor {floor.spread()}")
             if phases:

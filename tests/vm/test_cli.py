@@ -11,7 +11,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from harness.build import BUILD_DIR
+from harness.build import BUILD_ID, BUILD_OUTPUTS
 
 MMHIL = [sys.executable, "-m", "harness.cli"]
 
@@ -139,8 +139,8 @@ def test_bench_boot_splits_each_boot_beside_the_floor() -> None:
 def copy_of_this_build(where: Path) -> Path:
     other = where / "other-build"
     other.mkdir()
-    for name in ("mmhil-kernel.elf", "mmhil-kernel.boot.elf", "mmhil-kernel.build-id", "mmhil-firmware.bin"):
-        shutil.copy(BUILD_DIR / name, other / name)
+    for path in BUILD_OUTPUTS:
+        shutil.copy(path, other / path.name)
     return other
 
 
@@ -153,7 +153,7 @@ def test_bench_boot_against_another_build_prints_both_leads_and_their_difference
                                  "--against", str(other)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    build_id = (BUILD_DIR / "mmhil-kernel.build-id").read_text(encoding="ascii").strip()
+    build_id = BUILD_ID.read_text(encoding="ascii").strip()
     assert f"this tree's build ({build_id}) and {other}'s ({build_id})" in out, out
     for name in ("this tree", str(other)):
         row = re.search(rf"^default\s+{re.escape(name)}\s+([\d.]+) ms\s+([\d.]+) ms\s+([\d.]+)  (-?[\d.]+) ms, IQR",
